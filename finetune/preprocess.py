@@ -1,0 +1,61 @@
+"""Batched image preprocessing on the device, numerically matching open_clip's PIL pipeline.
+
+open_clip's eval transform is: PIL bicubic resize of the shortest side (output
+uint8), center crop, to float in [0, 1], normalize. We do the same on a whole
+uint8 batch: torchvision's antialiased bicubic resize on uint8 tensors rounds
+back to uint8 like PIL does, so the two agree to about one intensity level.
+Frames already at the model's size skip the resize and match exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from finetune.files import VlmrError
+
+_INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+                  "nearest": InterpolationMode.NEAREST}
+
+
+def as_uint8_batch(frames, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Validate N x H x W x 3 uint8 frames (numpy or torch) and return them as an N x 3 x H x W tensor."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    elif not isinstance(frames, torch.Tensor):
+        raise VlmrError(f"frames must be a numpy array or torch tensor of shape N x H x W x 3, got {type(frames).__name__}")
+    if frames.ndim == 3 and frames.shape[-1] in (3, 4):
+        raise VlmrError(f"frames must be a batch N x H x W x 3; got a single frame of shape {tuple(frames.shape)} "
+                        "(use frames[None] for a batch of one)")
+    if frames.ndim != 4:
+        raise VlmrError(f"frames must have shape N x H x W x 3, got shape {tuple(frames.shape)}")
+    if frames.shape[-1] != 3:
+        hint = " (RGBA: drop the alpha channel with frames[..., :3])" if frames.shape[-1] == 4 else ""
+        hint = hint or (" (channels-first? use frames.permute(0, 2, 3, 1))" if frames.shape[1] == 3 else "")
+        raise VlmrError(f"frames must have 3 colour channels last (N x H x W x 3), got shape {tuple(frames.shape)}{hint}")
+    if frames.dtype != torch.uint8:
+        raise VlmrError(f"frames must be uint8 RGB in [0, 255], got dtype {frames.dtype}; "
+                        "convert float images with (x * 255).round().clip(0, 255).astype('uint8')")
+    if frames.shape[0] == 0:
+        raise VlmrError("frames is an empty batch (N = 0)")
+    return frames.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+def preprocess_frames(frames, size: tuple[int, int], mean, std, interpolation: str = "bicubic",
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 N x H x W x 3 frames -> normalized float N x 3 x size tensor, the model's input."""
+    x = as_uint8_batch(frames, device)
+    if tuple(x.shape[-2:]) != tuple(size):
+        if size[0] == size[1]:
+            x = TF.resize(x, [size[0]], interpolation=_INTERPOLATION[interpolation], antialias=True)
+        else:  # open_clip's ResizeKeepRatio: the shortest edge fits the matching target edge
+            scale = max(size[0] / x.shape[-2], size[1] / x.shape[-1])
+            new = [round(x.shape[-2] * scale), round(x.shape[-1] * scale)]
+            x = TF.resize(x, new, interpolation=_INTERPOLATION[interpolation], antialias=True)
+        x = TF.center_crop(x, list(size))
+    x = x.float().div_(255.0)
+    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t

@@ -1,0 +1,147 @@
+"""Reading vlmr datasets: webdataset shards plus `manifest.json` (format in DESIGN.md).
+
+    manifest = read_manifest("data/babyai_goto")
+    for sample in iter_split("data/babyai_goto", "val"):     # {"key", "frame", "meta"}
+        ...
+    arrays = load_split_arrays("data/babyai_goto", "test", goals=rm.goals)   # frames, labels, own-goal ids
+
+A dataset without a manifest is incomplete (the manifest is written last).
+Corrupt shards and bad samples are skipped with a warning and counted, or
+raise with strict=True.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from finetune.files import VlmrError, read_json
+
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise VlmrError(f"dataset folder not found: {data_dir}; create it with `vlmr collect CONFIG`")
+    if not (data_dir / MANIFEST_FILE).is_file():
+        raise VlmrError(f"dataset {data_dir} is incomplete: it has no {MANIFEST_FILE} (written last by `vlmr collect`). "
+                        "Finish it with `vlmr collect CONFIG --resume`.")
+    manifest = read_json(data_dir / MANIFEST_FILE, "dataset manifest")
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise VlmrError(f"{data_dir / MANIFEST_FILE}: manifest version "
+                        f"{manifest.get('version') if isinstance(manifest, dict) else None!r} is not readable by this "
+                        f"vlmr (reads version {MANIFEST_VERSION}); recollect the dataset")
+    for key in ("goals", "splits"):
+        if key not in manifest:
+            raise VlmrError(f"{data_dir / MANIFEST_FILE} lacks {key!r}; recollect the dataset")
+    return manifest
+
+
+def split_shards(data_dir: str | Path, split: str, manifest: dict | None = None) -> list[Path]:
+    data_dir = Path(data_dir)
+    manifest = manifest or read_manifest(data_dir)
+    entry = manifest["splits"].get(split)
+    if not entry or not entry.get("shards"):
+        raise VlmrError(f"dataset {data_dir} has no {split!r} split (it has {sorted(manifest['splits'])})")
+    shards = [data_dir / s["name"] for s in entry["shards"]]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise VlmrError(f"dataset {data_dir}: shards listed in the manifest are missing: {missing[:5]}")
+    return shards
+
+
+class SkipCounter:
+    """A webdataset handler that warns and counts bad shards or samples, or raises in strict mode."""
+
+    def __init__(self, strict: bool = False):
+        self.strict, self.skipped = strict, 0
+
+    def __call__(self, exn: Exception) -> bool:
+        if self.strict:
+            raise VlmrError(f"corrupt data ({type(exn).__name__}: {exn}); rerun without --strict to skip it") from exn
+        self.skipped += 1
+        warnings.warn(f"skipping corrupt data: {type(exn).__name__}: {str(exn)[:200]}", stacklevel=2)
+        return True
+
+
+def decode_sample(sample: dict) -> dict:
+    """Raw webdataset sample (bytes) -> {"key", "frame": uint8 H x W x 3, "meta": dict}."""
+    from PIL import Image
+
+    if "frame.png" not in sample or "meta.json" not in sample:
+        raise ValueError(f"sample {sample.get('__key__')} lacks frame.png or meta.json")
+    frame = np.asarray(Image.open(io.BytesIO(sample["frame.png"])).convert("RGB"))
+    meta = json.loads(sample["meta.json"])
+    return {"key": sample["__key__"], "frame": frame, "meta": meta}
+
+
+def iter_split(data_dir: str | Path, split: str, strict: bool = False, counter: SkipCounter | None = None
+               ) -> Iterator[dict]:
+    """Every sample of a split, in shard order; bad samples are skipped (and counted in `counter`)."""
+    import webdataset as wds
+
+    counter = counter or SkipCounter(strict)
+    urls = [str(p) for p in split_shards(data_dir, split)]
+    stream = wds.WebDataset(urls, shardshuffle=False, handler=counter, empty_check=False)
+    for raw in stream:
+        try:
+            yield decode_sample(raw)
+        except Exception as e:  # noqa: BLE001 - any decode failure of one sample is skippable data damage
+            counter(e)
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """A labelled split in memory, labels aligned with `goals`."""
+
+    frames: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int8 (N, G): ground truth of every goal for every frame
+    own_goal: np.ndarray  # int64 (N,): index of the frame's episode mission in `goals`, -1 if not a goal
+    episodes: np.ndarray  # int64 (N,)
+    keys: list[str]
+    goals: list[str]
+    skipped: int = 0
+
+
+def check_goal_sets(data_goals: list[str], model_goals: list[str], data_dir, model_name="the reward model") -> None:
+    only_data = [g for g in data_goals if g not in model_goals]
+    only_model = [g for g in model_goals if g not in data_goals]
+    if only_data or only_model:
+        raise VlmrError(f"goal sets differ between dataset {data_dir} and {model_name}: "
+                        f"in the data only {only_data[:5]}, in the model only {only_model[:5]}. "
+                        "Use a model built for this dataset's goal set.")
+
+
+def load_split_arrays(data_dir: str | Path, split: str, goals: list[str] | None = None, limit: int | None = None,
+                      strict: bool = False) -> SplitArrays:
+    manifest = read_manifest(data_dir)
+    goals = list(goals) if goals is not None else list(manifest["goals"])
+    check_goal_sets(manifest["goals"], goals, data_dir)
+    index = {g: i for i, g in enumerate(goals)}
+    counter = SkipCounter(strict)
+    frames, labels, own, episodes, keys = [], [], [], [], []
+    for sample in iter_split(data_dir, split, strict, counter):
+        meta = sample["meta"]
+        if not meta.get("labels"):
+            raise VlmrError(f"dataset {data_dir} split {split!r}: sample {sample['key']} has no labels; "
+                            "calibration and evaluation need labelled data")
+        frames.append(sample["frame"])
+        labels.append([int(meta["labels"].get(g, 0)) for g in goals])
+        own.append(index.get(meta.get("mission"), -1))
+        episodes.append(int(meta.get("episode", -1)))
+        keys.append(sample["key"])
+        if limit and len(frames) >= limit:
+            break
+    if not frames:
+        raise VlmrError(f"dataset {data_dir} split {split!r} has no readable samples")
+    return SplitArrays(np.stack(frames), np.asarray(labels, dtype=np.int8), np.asarray(own, dtype=np.int64),
+                       np.asarray(episodes, dtype=np.int64), keys, goals, counter.skipped)
