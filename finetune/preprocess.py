@@ -23,6 +23,8 @@ _INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": Interpolatio
 def as_uint8_batch(frames, device: str | torch.device = "cpu") -> torch.Tensor:
     """Validate N x H x W x 3 uint8 frames (numpy or torch) and return them as an N x 3 x H x W tensor."""
     if isinstance(frames, np.ndarray):
+        if not frames.flags.writeable:  # torch refuses to wrap read-only memory without a copy
+            frames = frames.copy()
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     elif not isinstance(frames, torch.Tensor):
         raise VlmrError(f"frames must be a numpy array or torch tensor of shape N x H x W x 3, got {type(frames).__name__}")

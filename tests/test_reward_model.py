@@ -1,0 +1,163 @@
+"""The reward model: batching, modes, calibration, save/load and identity, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import GOALS, tiny_reward_model  # noqa: F401
+
+from finetune.calibration_file import write_calibration
+from finetune.files import VlmrError
+from finetune.reward_model import RewardModel, make_spec
+
+
+def frames(n, size=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_batched_probs_equal_per_frame_probs(tiny_reward_model):
+    rm = tiny_reward_model
+    f, goals = frames(6), [0, 1, 2, 2, 1, 0]
+    batched = rm.probs(f, goals)
+    single = torch.cat([rm.probs(f[i:i + 1], goals[i:i + 1]) for i in range(6)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    # goal sentences and ids are interchangeable
+    assert torch.allclose(rm.probs(f, [GOALS[g] for g in goals]), batched)
+    # the own-goal probability is the matching column of the all-goals matrix
+    assert torch.allclose(rm.all_probs(f)[torch.arange(6), torch.tensor(goals)], batched, atol=1e-6)
+
+
+def test_reward_modes(tiny_reward_model):
+    rm = tiny_reward_model
+    f, goals = frames(5, seed=1), [0, 1, 2, 0, 1]
+    p = rm.probs(f, goals)
+    rm.set_calibration([0.01] * 3, [float(p.median())] * 3)
+    try:
+        binary = rm.reward(f, goals)
+        assert binary.tolist() == (p >= p.median()).float().tolist()
+        rm.spec.reward_mode = "prob"
+        assert torch.allclose(rm.reward(f, goals), p)
+        rm.spec.reward_mode = "goal_baseline"
+        r = rm.reward(f, goals)
+        assert r.shape == (5,) and torch.isfinite(r).all() and not torch.allclose(r, p)
+    finally:
+        rm.spec.reward_mode = "binary"
+        rm.set_calibration([0.01] * 3, [0.5] * 3)
+
+
+def test_text_embeddings_are_computed_once(tiny_reward_model, monkeypatch):
+    rm = tiny_reward_model
+    rm.text_embeddings()
+    calls = []
+    monkeypatch.setattr(rm.clip, "encode_text", lambda *a: calls.append(1))
+    rm.probs(frames(2), [0, 1])
+    assert calls == []
+
+
+def test_save_load_round_trip_and_stable_identity(tiny_reward_model, tmp_path):
+    rm = tiny_reward_model
+    rm.save(tmp_path / "a")
+    loaded = RewardModel.load(tmp_path / "a")
+    f = frames(4, seed=2)
+    assert torch.equal(loaded.probs(f, [0, 1, 2, 0]), rm.probs(f, [0, 1, 2, 0]))
+    assert loaded.model_id == rm.model_id
+    loaded.save(tmp_path / "b")  # a copy elsewhere is the same model
+    assert RewardModel.load(tmp_path / "b").model_id == rm.model_id
+    spec = json.loads((tmp_path / "a" / "reward_model.json").read_text())
+    assert spec["pretrained"] == "open_clip_model.safetensors" and spec["version"] == 1
+    other = RewardModel.load(tmp_path / "a")
+    other_spec = make_spec(**{**spec, "goals": GOALS[:2]})
+    from finetune.reward_model import identity_hash
+    assert identity_hash(other_spec, None) != other.model_id
+
+
+def test_calibration_file_sets_per_goal_values_and_rejects_other_models(tiny_reward_model, tmp_path):
+    rm = tiny_reward_model
+    entries = {g: {"temperature": 0.02 * (i + 1), "threshold": 0.1 * (i + 1)} for i, g in enumerate(GOALS)}
+    write_calibration(tmp_path / "cal.json", rm.model_id, entries)
+    rm.save(tmp_path / "rm")
+    loaded = RewardModel.load(tmp_path / "rm", calibration=tmp_path / "cal.json")
+    assert torch.allclose(loaded.temperatures, torch.tensor([0.02, 0.04, 0.06]))
+    assert torch.allclose(loaded.thresholds, torch.tensor([0.1, 0.2, 0.3]))
+    write_calibration(tmp_path / "other.json", "f" * 64, entries)
+    with pytest.raises(VlmrError, match="fitted for reward model ffffffffffff"):
+        RewardModel.load(tmp_path / "rm", calibration=tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("goals, message", [([], "goal set is empty"), (["a", "b", "a"], "duplicate goals")])
+def test_bad_goal_sets(goals, message):
+    with pytest.raises(VlmrError, match=message):
+        make_spec(arch="vlmr-tiny", goals=goals)
+
+
+def test_unknown_goal_and_mismatched_batch(tiny_reward_model):
+    with pytest.raises(VlmrError, match="'go to the purple box' is not in this reward model's goal set"):
+        tiny_reward_model.probs(frames(1), ["go to the purple box"])
+    with pytest.raises(VlmrError, match="out of range"):
+        tiny_reward_model.probs(frames(1), [7])
+    with pytest.raises(VlmrError, match="2 frames but 1 goal ids"):
+        tiny_reward_model.probs(frames(2), [0])
+
+
+def test_unknown_architecture_suggests_close_names():
+    with pytest.raises(VlmrError, match="unknown architecture 'vlmr-tinny'.*vlmr-tiny"):
+        RewardModel.create("vlmr-tinny", GOALS)
+
+
+def test_pretrained_tag_offline_names_alternatives(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VlmrError, match="needs a download.*offline.*local checkpoint"):
+        RewardModel.create("ViT-B-32", GOALS, pretrained="openai")
+
+
+def test_missing_checkpoint_and_unknown_tag():
+    with pytest.raises(VlmrError, match="not found"):
+        RewardModel.create("vlmr-tiny", GOALS, pretrained="/nonexistent/clip.safetensors")
+    with pytest.raises(VlmrError, match="unknown pretrained tag 'nope'"):
+        RewardModel.create("vlmr-tiny", GOALS, pretrained="nope")
+
+
+def test_local_checkpoint_is_referenced_by_hash(tiny_reward_model, tmp_path):
+    tiny_reward_model.save(tmp_path / "base")
+    ckpt = tmp_path / "base" / "open_clip_model.safetensors"
+    rm = RewardModel.create("vlmr-tiny", GOALS, pretrained=str(ckpt), negatives=["an empty room"],
+                            templates=["{goal}", "a view where you {goal}"])
+    f = frames(3, seed=3)
+    assert torch.equal(rm.probs(f, [0, 1, 2]), tiny_reward_model.probs(f, [0, 1, 2]))
+    rm.save(tmp_path / "zs")
+    assert not (tmp_path / "zs" / "open_clip_model.safetensors").exists()  # referenced, not copied
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"xxxxxxxx")
+    with pytest.raises(VlmrError, match="changed since"):
+        RewardModel.load(tmp_path / "zs")
+
+
+def test_reward_model_dir_errors(tmp_path):
+    with pytest.raises(VlmrError, match="reward model spec not found"):
+        RewardModel.load(tmp_path)
+    (tmp_path / "reward_model.json").write_text(json.dumps({"version": 1, "arch": "vlmr-tiny", "goals": ["a"],
+                                                            "colour": "red"}))
+    with pytest.raises(VlmrError, match="unknown key 'colour'"):
+        RewardModel.load(tmp_path)
+    (tmp_path / "reward_model.json").write_text(json.dumps({"version": 99}))
+    with pytest.raises(VlmrError, match="version 99"):
+        RewardModel.load(tmp_path)
+
+
+def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    tiny_reward_model.save(tmp_path / "base")
+    rm = RewardModel.create("vlmr-tiny", GOALS, pretrained=str(tmp_path / "base" / "open_clip_model.safetensors"))
+    rm.clip = get_peft_model(rm.clip, LoraConfig(r=4, target_modules=["c_fc", "c_proj"], init_lora_weights=False))
+    rm.invalidate_text_cache()
+    f = frames(4, seed=4)
+    before = rm.probs(f, [0, 1, 2, 0])
+    rm.save(tmp_path / "adapted")
+    names = {p.name for p in (tmp_path / "adapted").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "reward_model.json"} <= names
+    for merge in (True, False):
+        loaded = RewardModel.load(tmp_path / "adapted", merge_lora=merge)
+        assert torch.allclose(loaded.probs(f, [0, 1, 2, 0]), before, atol=1e-5)
+        assert loaded.model_id == rm.model_id
+    assert rm.model_id != RewardModel.load(tmp_path / "base").model_id
