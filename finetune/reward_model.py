@@ -107,6 +107,15 @@ def identity_hash(spec: RewardModelSpec, adapter_sha256: str | None) -> str:
     return sha256_text(canonical_json({"spec": fields, "adapter_sha256": adapter_sha256}))
 
 
+def reward_model_id(path: str | Path) -> str:
+    """The identity hash of a reward-model directory, without loading any weights."""
+    path = Path(path)
+    raw = read_json(path / SPEC_FILE, "reward model spec")
+    spec = build_config(RewardModelSpec, raw, str(path / SPEC_FILE))
+    adapter = path / ADAPTER_FILE
+    return identity_hash(spec, sha256_file(adapter) if adapter.is_file() else None)
+
+
 class RewardModel(nn.Module):
     def __init__(self, clip: nn.Module, tokenizer, spec: RewardModelSpec, pretrained_path: Path | None = None,
                  adapter_sha256: str | None = None, device: str | torch.device = "cpu"):

@@ -64,13 +64,52 @@ class SkipCounter:
 
     def __init__(self, strict: bool = False):
         self.strict, self.skipped = strict, 0
+        self.messages: list[str] = []
 
     def __call__(self, exn: Exception) -> bool:
         if self.strict:
             raise VlmrError(f"corrupt data ({type(exn).__name__}: {exn}); rerun without --strict to skip it") from exn
         self.skipped += 1
+        self.messages.append(str(exn))
         warnings.warn(f"skipping corrupt data: {type(exn).__name__}: {str(exn)[:200]}", stacklevel=2)
         return True
+
+
+def expected_counts(data_dir: str | Path, split: str, manifest: dict | None = None) -> dict[str, int]:
+    """Shard path -> sample count listed in the manifest."""
+    manifest = manifest or read_manifest(data_dir)
+    return {str(Path(data_dir) / s["name"]): int(s["samples"]) for s in manifest["splits"][split]["shards"]}
+
+
+class CountCheck:
+    """webdataset stage: a shard that yields fewer samples than the manifest lists was truncated.
+
+    A tar cut at a record boundary just ends early without an error, so this is
+    how such a shard is noticed: it is reported to the counter (warn and count,
+    or raise in strict mode) unless the counter already saw an error for it.
+    """
+
+    def __init__(self, expected: dict[str, int], counter: SkipCounter):
+        self.expected, self.counter = expected, counter
+
+    def _check(self, url, n):
+        want = self.expected.get(url)
+        if url is None or want is None or n >= want:
+            return
+        if any(url in m for m in self.counter.messages):
+            return
+        self.counter(ValueError(f"shard {url} is truncated: {n} of {want} samples readable"))
+
+    def __call__(self, stream):
+        url, n = None, 0
+        for sample in stream:
+            u = sample.get("__url__")
+            if u != url:
+                self._check(url, n)
+                url, n = u, 0
+            n += 1
+            yield sample
+        self._check(url, n)
 
 
 def decode_sample(sample: dict) -> dict:
@@ -90,8 +129,10 @@ def iter_split(data_dir: str | Path, split: str, strict: bool = False, counter: 
     import webdataset as wds
 
     counter = counter or SkipCounter(strict)
-    urls = [str(p) for p in split_shards(data_dir, split)]
+    manifest = read_manifest(data_dir)
+    urls = [str(p) for p in split_shards(data_dir, split, manifest)]
     stream = wds.WebDataset(urls, shardshuffle=False, handler=counter, empty_check=False)
+    stream = stream.compose(CountCheck(expected_counts(data_dir, split, manifest), counter))
     for raw in stream:
         try:
             yield decode_sample(raw)

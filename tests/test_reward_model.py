@@ -161,3 +161,10 @@ def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
         assert torch.allclose(loaded.probs(f, [0, 1, 2, 0]), before, atol=1e-5)
         assert loaded.model_id == rm.model_id
     assert rm.model_id != RewardModel.load(tmp_path / "base").model_id
+
+
+def test_reward_model_id_without_loading_weights(tiny_reward_model, tmp_path):
+    from finetune.reward_model import reward_model_id
+
+    tiny_reward_model.save(tmp_path / "rm")
+    assert reward_model_id(tmp_path / "rm") == tiny_reward_model.model_id

@@ -1,0 +1,274 @@
+"""`vlmr calibrate CONFIG [key=value ...]`: fit per-goal temperature and threshold, and report reward quality.
+
+    vlmr calibrate configs/calibrate/shapes.yaml
+    vlmr calibrate configs/calibrate/shapes.yaml reward_model=runs/demo/reward_model data=data/shapes criterion=max_f1
+    python -c "from calibrate.fit import CalibrateConfig, calibrate; calibrate(CalibrateConfig(reward_model=..., data=...))"
+
+Steps: score `fit_split` (cached similarity matrix) -> fit tau_g (max likelihood) and
+beta_g (criterion) -> score `eval_split` -> metrics before/after -> write
+
+    <out>  (default <reward_model>/calibration.json; byte-identical for identical inputs)
+    <out without .json>/  report.md, pr_curves-*.png, reliability.png, histograms-*.png,
+                          run.json (provenance), scores-*.npz (cache), metrics.csv (logger=csv)
+
+Tests: `.venv/bin/python -m pytest tests/test_calibrate_stage.py -q`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration, goal_probs
+from calibrate.metrics import add_before, evaluate_scores
+from calibrate.scores import score_split
+from finetune.calibration_file import write_calibration
+from finetune.config import config_dataclass, config_to_dict, stage_main
+from finetune.files import VlmrError, atomic_write_json, atomic_write_text
+
+VIEW_KEYS = ("precision", "recall", "f1", "auroc", "ap", "ece", "auroc_before", "ap_before", "ece_before")
+
+
+@config_dataclass
+class CalibrateConfig:
+    reward_model: str  # reward-model directory to calibrate (RewardModel.save / vlmr finetune output)
+    data: str  # labelled dataset directory: manifest.json + shards (vlmr collect)
+    fit_split: str = "val"  # split the temperatures and thresholds are fitted on
+    eval_split: str = "test"  # held-out split every reported metric is computed on; must differ from fit_split
+    criterion: Literal["precision_at", "max_f1", "fbeta"] = "precision_at"  # how each goal's threshold is chosen
+    target_precision: float = 0.95  # precision_at: precision the threshold must reach on fit_split, in (0, 1]
+    f_beta: float = 1.0  # fbeta criterion: F-beta's beta, > 1 favours recall (not the reward threshold beta_g)
+    min_positives: int = 10  # goals with fewer positives in fit_split get the shared fallback values
+    temperature_min: float = 0.001  # lower bound of the temperature search
+    temperature_max: float = 10.0  # upper bound of the temperature search
+    ece_bins: int = 15  # bins of the expected calibration error and the reliability diagrams
+    batch_size: int = 256  # frames per reward-model forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    limit: int | None = None  # score at most this many frames per split (smoke runs); none = all
+    cache_scores: bool = True  # keep similarity matrices next to the outputs so refits skip the model
+    plots: bool = True  # write PR curves, reliability diagrams and score histograms
+    out: str | None = None  # calibration file; none = <reward_model>/calibration.json
+    logger: Literal["wandb", "csv", "none"] = "wandb"  # also log results: W&B (offline unless WANDB_MODE is set), CSV, none
+    wandb_project: str = "vlmr"  # W&B project, with logger=wandb
+    run_name: str | None = None  # W&B run name; none = calibrate-<model id[:8]>
+
+    def __post_init__(self):
+        if self.fit_split == self.eval_split:
+            raise ValueError(f"fit_split and eval_split are both {self.fit_split!r}; metrics must come from a split "
+                             "that was not fitted (e.g. fit_split=val eval_split=test)")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise ValueError(f"target_precision must be in (0, 1], got {self.target_precision}")
+        if self.f_beta <= 0:
+            raise ValueError(f"f_beta must be > 0, got {self.f_beta}")
+        if self.min_positives < 1:
+            raise ValueError(f"min_positives must be >= 1, got {self.min_positives}")
+        if not 0.0 < self.temperature_min < self.temperature_max:
+            raise ValueError(f"need 0 < temperature_min < temperature_max, got {self.temperature_min}, "
+                             f"{self.temperature_max}")
+        if self.ece_bins < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("ece_bins, batch_size and limit must be >= 1")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmrError(f"device={device!r} but no CUDA device is available here; use device=cpu or auto")
+    return device
+
+
+def output_paths(cfg: CalibrateConfig) -> tuple[Path, Path]:
+    """(calibration.json, folder for plots/report/cache): calibration.json -> calibration/."""
+    out = Path(cfg.out) if cfg.out else Path(cfg.reward_model) / "calibration.json"
+    if out.suffix != ".json":
+        raise VlmrError(f"out={cfg.out!r}: the calibration file name must end in .json")
+    return out, out.with_suffix("")
+
+
+def _criterion_entry(crit: ThresholdCriterion) -> dict:
+    entry = {"name": crit.name, "description": crit.describe()}
+    if crit.name == "precision_at":
+        entry["target_precision"] = crit.target_precision
+    if crit.name == "fbeta":
+        entry["beta"] = crit.beta
+    return entry
+
+
+def _view(m: dict | None) -> dict | None:
+    return None if m is None else {k: v for k, v in m.items() if k != "notes"} | {"notes": m.get("notes", [])}
+
+
+def build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest) -> dict:
+    """Everything calibration.json holds besides version and model_id. No paths or times: same inputs, same bytes."""
+    goals = {}
+    for g, goal in enumerate(rm.goals):
+        e = fit.goals[g]
+        views = metrics["per_goal"][goal]
+        goals[goal] = {
+            "temperature": fit.temperatures[g], "threshold": fit.thresholds[g], "criterion": crit.name,
+            "fallback": e["fallback"], "fallback_reason": e["fallback_reason"], "target_met": e["target_met"],
+            "fit": {"positives": e["positives"], "negatives": e["negatives"], "nll": round(e["nll"], 6),
+                    "temperature_at_bound": e["at_bound"], "best_precision": round(e["best_precision"], 6),
+                    "precision": None if e["val_precision"] is None else round(e["val_precision"], 6),
+                    "recall": None if e["val_recall"] is None else round(e["val_recall"], 6)},
+            "test": _view(views["all"]),
+            "test_own": _view(views["own"]),
+        }
+    shared = {k: (round(v, 6) if isinstance(v, float) and k not in ("temperature", "threshold") else v)
+              for k, v in fit.shared.items()}
+    return {
+        "goals": goals,
+        "criterion": _criterion_entry(crit),
+        "fit": {"split": cfg.fit_split, "frames": int(val.labels.shape[0]), "min_positives": cfg.min_positives,
+                "temperature_bounds": [cfg.temperature_min, cfg.temperature_max], "shared": shared,
+                "defaults": {"temperature": rm.spec.temperature, "threshold": rm.spec.threshold},
+                "model": {"arch": rm.spec.arch, "candidates": int(val.sims.shape[1])},
+                "data": {"name": manifest.get("name"), "manifest_sha256": val.meta["manifest_sha256"],
+                         "limit": cfg.limit}},
+        "metrics": {"split": cfg.eval_split, "frames": metrics["frames"], "pooled": _view(metrics["pooled"]),
+                    "own_goal": _view(metrics["own_goal"]), "macro": metrics["macro"], "notes": metrics["notes"]},
+        "warnings": fit.warnings + metrics.get("warnings", []),
+    }
+
+
+def write_plots(art: Path, rm, fit, val, test, metrics, cfg, crit) -> list[Path]:
+    from calibrate.plots import plot_histograms, plot_pr_curves, plot_reliability
+
+    temps = torch.tensor(fit.temperatures)
+    defaults = torch.full((len(rm.goals),), float(rm.spec.temperature))
+    val_p = goal_probs(torch.from_numpy(val.sims), temps).numpy()
+    test_p = goal_probs(torch.from_numpy(test.sims), temps).numpy()
+    before_p = goal_probs(torch.from_numpy(test.sims), defaults).numpy()
+    fallback = [e["fallback"] for e in fit.goals]
+    target = crit.target_precision if crit.name == "precision_at" else None
+    paths = plot_pr_curves(art, rm.goals, (val_p, val.labels), (test_p, test.labels), fit.thresholds, fallback, target)
+    rows = np.flatnonzero(test.own_goal >= 0)
+    cols = test.own_goal[rows]
+
+    def views(p, ece):
+        out = {"pooled": (p.ravel(), test.labels.ravel(), ece["pooled"])}
+        if len(rows):
+            out["own-goal"] = (p[rows, cols], test.labels[rows, cols], ece["own_goal"])
+        return out
+
+    def ece(suffix):
+        return {v: (metrics[v] or {}).get(f"ece{suffix}") for v in ("pooled", "own_goal")}
+
+    paths.append(plot_reliability(art, {"before temperature fit": views(before_p, ece("_before")),
+                                        "after temperature fit": views(test_p, ece(""))}, cfg.ece_bins))
+    paths += plot_histograms(art, rm.goals, (test_p, test.labels), fit.thresholds, fallback)
+    return paths
+
+
+def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
+    """Run the stage. Returns {"calibration", "report", "plots", "run", "metrics", "warnings"}."""
+    from finetune.provenance import run_info
+    from finetune.reward_model import RewardModel
+    from finetune.shards import read_manifest
+
+    t0 = time.time()
+    out, art = output_paths(cfg)
+    device = resolve_device(cfg.device)
+    rm = RewardModel.load(cfg.reward_model, device=device)
+    manifest = read_manifest(cfg.data)
+    if len(rm.goals) + len(rm.spec.negatives) < 2:
+        raise VlmrError(f"reward model {cfg.reward_model} has a single candidate caption, so P(g|o) = 1 for every "
+                        "frame and nothing can be calibrated; add negatives or more goals")
+    cache = art if cfg.cache_scores else None
+    name = f"reward model {cfg.reward_model}"
+    val = score_split(rm, cfg.data, cfg.fit_split, cfg.batch_size, cache, cfg.limit, progress, name)
+    if int(val.labels.sum()) == 0:
+        raise VlmrError(f"split {cfg.fit_split!r} of {cfg.data} has no positive label for any goal: there is nothing "
+                        "to fit a threshold to. Collect data in which goals are reached.")
+    crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta)
+    fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
+                          goal_names=rm.goals)
+    test = score_split(rm, cfg.data, cfg.eval_split, cfg.batch_size, cache, cfg.limit, progress, name)
+    after = evaluate_scores(test.sims, test.labels, test.own_goal, fit.temperatures, fit.thresholds, rm.goals,
+                            cfg.ece_bins)
+    before = evaluate_scores(test.sims, test.labels, test.own_goal, [rm.spec.temperature] * len(rm.goals),
+                             [rm.spec.threshold] * len(rm.goals), rm.goals, cfg.ece_bins)
+    metrics = add_before(after, before)
+    if int(test.labels.sum()) == 0:
+        msg = f"split {cfg.eval_split!r} has no positive label for any goal: recall, F1, AP and AUROC are undefined"
+        metrics["warnings"] = [msg]
+        warnings.warn(msg, CalibrationWarning, stacklevel=2)
+
+    body = build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest)
+    write_calibration(out, rm.model_id, body.pop("goals"), **body)
+    rm.load_calibration(out)  # the file just written must load for this model: fail here, not in RL
+    cal = {"model_id": rm.model_id, "goals": {g: rm.calibration["goals"][g] for g in rm.goals}, **body}
+
+    for stale in (*art.glob("pr_curves-*.png"), *art.glob("histograms-*.png"), *art.glob("reliability.png")):
+        stale.unlink()  # pages of an earlier run with more goals must not outlive it
+    plots = write_plots(art, rm, fit, val, test, metrics, cfg, crit) if cfg.plots else []
+    from calibrate.report import calibration_report
+
+    report = atomic_write_text(art / "report.md", calibration_report(cal, [p.name for p in plots]))
+    info = run_info(config_to_dict(cfg)) | {
+        "stage": "calibrate", "outputs": {"calibration": str(out), "report": str(report),
+                                          "plots": [str(p) for p in plots]},
+        "scores_cached": {"fit": val.cached, "eval": test.cached}, "device": device,
+        "skipped_samples": {"fit": val.meta.get("skipped", 0), "eval": test.meta.get("skipped", 0)},
+        "seconds": round(time.time() - t0, 2), "model_dir": str(cfg.reward_model), "data_dir": str(cfg.data)}
+    run_path = atomic_write_json(art / "run.json", info)
+    _log(cfg, art, cal, info, plots, rm)
+    own = metrics["macro"]["own_goal"] or {}
+    pooled = metrics["macro"]["pooled"]
+    headline = "own-goal" if own else "pooled"
+    h = own or pooled
+    print(f"vlmr calibrate: {len(rm.goals)} goals ({sum(e['fallback'] for e in fit.goals)} fallback), "
+          f"{headline} macro on {cfg.eval_split}: precision {_f(h.get('precision'))} recall {_f(h.get('recall'))} "
+          f"F1 {_f(h.get('f1'))} AUROC {_f(h.get('auroc'))} ECE {_f(h.get('ece_before'))}->{_f(h.get('ece'))}; "
+          f"wrote {out} and {report}")
+    return {"calibration": out, "report": report, "plots": plots, "run": run_path, "metrics": metrics,
+            "warnings": cal["warnings"], "fit": fit}
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _log(cfg, art, cal, info, plots, rm) -> None:
+    from calibrate.tracking import flatten, log_results
+
+    if cfg.logger == "none":
+        return
+    m = cal["metrics"]
+    scalars = {}
+    for view in ("pooled", "own_goal"):
+        scalars.update(flatten(f"reward/{view}", {k: v for k, v in (m[view] or {}).items() if k in VIEW_KEYS}))
+        scalars.update(flatten(f"reward/macro_{view}", {k: v for k, v in ((m["macro"] or {}).get(view) or {}).items()
+                                                        if k in VIEW_KEYS}))
+    scalars["calibration/fallback_goals"] = sum(e["fallback"] for e in cal["goals"].values())
+    cols = ["goal", "temperature", "threshold", "fallback", "target_met", "positives", "negatives",
+            "precision", "recall", "f1", "auroc", "ap", "ece", "ece_before"]
+    rows = [[g, e["temperature"], e["threshold"], e["fallback"], e["target_met"],
+             *(e["test"].get(k) for k in cols[5:])] for g, e in cal["goals"].items()]
+    log_results(cfg.logger, art, scalars, info, cfg.wandb_project, cfg.run_name or f"calibrate-{rm.model_id[:8]}",
+                (cols, rows), plots, job_type="calibrate")
+
+
+@contextlib.contextmanager
+def cli_warnings():
+    """On the command line, show warnings as one 'warning: ...' line each, without file and source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    with cli_warnings():
+        return stage_main(argv, CalibrateConfig, calibrate, "vlmr calibrate",
+                          "Fit per-goal temperature and threshold on a labelled split; report quality on another.")
+

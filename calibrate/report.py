@@ -1,0 +1,118 @@
+"""Text outputs: the calibration report (report.md) and the side-by-side evaluation table.
+
+    text = calibration_report(calibration_dict, plot_names)     # markdown
+    print(comparison_table(evaluation["models"]))                # vlmr evaluate's table
+"""
+
+from __future__ import annotations
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def before_after(m: dict | None, key: str) -> str:
+    if m is None:
+        return "-"
+    b, a = m.get(f"{key}_before"), m.get(key)
+    return fmt(a) if f"{key}_before" not in m else f"{fmt(b)} → {fmt(a)}"
+
+
+def _view_row(name: str, m: dict | None, counts: bool = True) -> str:
+    if m is None:
+        return f"| {name} | - | - | - | - | - | - | - | - |"
+    pos = str(m["positives"]) if counts and "positives" in m else "-"
+    neg = str(m["negatives"]) if counts and "negatives" in m else "-"
+    return (f"| {name} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('f1'))} | "
+            f"{before_after(m, 'auroc')} | {before_after(m, 'ap')} | {before_after(m, 'ece')} | {pos} | {neg} |")
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _own(m: dict | None) -> str:
+    if m is None:
+        return "-"
+    return f"{fmt(m['precision'], 2)} / {fmt(m['recall'], 2)} ({m['positives']} / {m['negatives']})"
+
+
+def calibration_report(cal: dict, plots: list[str]) -> str:
+    fit, metrics, crit = cal["fit"], cal["metrics"], cal["criterion"]
+    shared = fit["shared"]
+    lines = [
+        "# Calibration report",
+        "",
+        f"Reward model `{cal['model_id'][:12]}` ({fit['model']['arch']}, {len(cal['goals'])} goals). "
+        f"Dataset `{fit['data']['name']}` (manifest sha256 `{fit['data']['manifest_sha256'][:12]}`).",
+        "",
+        f"- Fitted on split `{fit['split']}` ({fit['frames']} frames); every metric below is on the held-out split "
+        f"`{metrics['split']}` ({metrics['frames']} frames).",
+        f"- Threshold criterion: {crit['description']}.",
+        f"- Temperature: per goal, maximum likelihood of P(g|o) against the labels, searched over "
+        f"[{fit['temperature_bounds'][0]:g}, {fit['temperature_bounds'][1]:g}] in log space.",
+        f"- Goals with fewer than {fit['min_positives']} positives (or no negatives) in `{fit['split']}` get the "
+        f"shared fallback: temperature {shared['temperature']:.4g}, threshold {shared['threshold']:.4g} "
+        f"({shared['how']}). {sum(1 for g in cal['goals'].values() if g['fallback'])} of {len(cal['goals'])} goals use it.",
+        f"- \"before\" is the reward model's default temperature {fit['defaults']['temperature']:g} and threshold "
+        f"{fit['defaults']['threshold']:g}; \"after\" is this calibration.",
+        "",
+        "## Reward quality on the test split",
+        "",
+        "Own-goal: each frame scored only for its own episode's mission (what the RL reward sees); "
+        "pooled: every (frame, goal) pair. Micro = over pairs, macro = mean over goals.",
+        "",
+        "| view | precision | recall | F1 | AUROC | AP | ECE | positives | negatives |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _view_row("**own-goal, macro**", (metrics["macro"] or {}).get("own_goal"), counts=False),
+        _view_row("own-goal, micro", metrics["own_goal"]),
+        _view_row("pooled, macro", metrics["macro"]["pooled"], counts=False),
+        _view_row("pooled, micro", metrics["pooled"]),
+        "",
+    ]
+    lines += [f"_{n}_" for n in metrics.get("notes", [])]
+    lines += [
+        "## Per goal (test split, every frame scored for the goal; last column: only its own episodes' frames)",
+        "",
+        "| goal | temperature | threshold | fallback | target met | positives | negatives | precision | recall | F1 "
+        "| AUROC | AP | ECE | own-goal P / R (pos / neg) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for goal, e in cal["goals"].items():
+        t = e["test"]
+        met = "-" if e["target_met"] is None else ("yes" if e["target_met"] else "**no**")
+        lines.append(f"| {_cell(goal)} | {e['temperature']:.4g} | {e['threshold']:.4g} | "
+                     f"{'yes' if e['fallback'] else 'no'} | {met} | {t['positives']} | {t['negatives']} | "
+                     f"{fmt(t['precision'])} | {fmt(t['recall'])} | {fmt(t['f1'])} | {before_after(t, 'auroc')} | "
+                     f"{before_after(t, 'ap')} | {before_after(t, 'ece')} | {_own(e.get('test_own'))} |")
+    undefined = sorted({n for e in cal["goals"].values() for n in e["test"]["notes"]})
+    if undefined:
+        lines += ["", "Notes on the per-goal figures:", *[f"- {n}" for n in undefined]]
+    if cal.get("warnings"):
+        lines += ["", "## Warnings", "", *[f"- {w}" for w in cal["warnings"]]]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+TABLE_ROWS = [("own-goal", "own_goal", k) for k in ("precision", "recall", "f1", "auroc", "ece")] + \
+             [("pooled", "pooled", k) for k in ("precision", "recall", "f1", "auroc", "ece")]
+LABELS = {"precision": "precision", "recall": "recall", "f1": "F1", "auroc": "AUROC", "ece": "ECE"}
+
+
+def comparison_table(models: list[dict]) -> str:
+    """Macro metrics of several evaluated reward models, side by side; '-' where undefined."""
+    names = [m["name"] for m in models]
+    width = max(10, *(len(n) for n in names))
+    head = f"{'macro metric':<22}" + "".join(f" {n:>{width}}" for n in names)
+    lines = [head, "-" * len(head)]
+    for view_name, view, key in TABLE_ROWS:
+        cells = []
+        for m in models:
+            v = (m["metrics"]["macro"].get(view) or {}).get(key)
+            cells.append(f" {fmt(v):>{width}}")
+        lines.append(f"{view_name + ' ' + LABELS[key]:<22}" + "".join(cells))
+    lines.append(f"{'calibration':<22}" + "".join(f" {'fitted' if m['calibration'] else 'defaults':>{width}}"
+                                                  for m in models))
+    return "\n".join(lines)

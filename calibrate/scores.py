@@ -1,0 +1,130 @@
+"""Score a labelled split with a reward model, in batches, and cache the similarity matrix.
+
+    scores = score_split(rm, "data/shapes", "val", cache_dir="runs/demo/reward_model/calibration")
+    scores.sims      # float32 (N, C): cosine similarity of every frame to every candidate (goals first)
+    scores.labels    # int8 (N, G), aligned with rm.goals;  scores.own_goal: int64 (N,), -1 if no mission
+
+P(g|o) at any temperature is a cheap function of `sims` (reward_math.all_goal_log_probs),
+so temperature fitting never re-runs the model. The cache file
+`scores-{split}-{manifest sha[:12]}.npz` holds the reward model's identity and
+the dataset manifest's sha256; it is used only when both (and the frame limit)
+match, and rewritten otherwise.
+
+Frames are streamed shard by shard (not loaded whole like finetune.shards.load_split_arrays),
+so a split of any size fits in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from finetune.files import VlmrError, atomic_write_bytes, sha256_file
+from finetune.shards import MANIFEST_FILE, SkipCounter, check_goal_sets, iter_split, read_manifest
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class Scores:
+    sims: np.ndarray  # float32 (N, C)
+    labels: np.ndarray  # int8 (N, G)
+    own_goal: np.ndarray  # int64 (N,)
+    keys: list[str]
+    goals: list[str]
+    meta: dict  # model_id, manifest_sha256, split, limit, candidates, skipped
+    cached: bool = False  # True when read from the cache file
+
+
+def _cache_path(cache_dir: Path, split: str, manifest_sha: str) -> Path:
+    return Path(cache_dir) / f"scores-{split}-{manifest_sha[:12]}.npz"
+
+
+def _read_cache(path: Path, meta: dict) -> Scores | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["meta"]))
+            if {k: stored.get(k) for k in meta} != meta:
+                return None
+            return Scores(z["sims"], z["labels"], z["own_goal"], [str(k) for k in z["keys"]], list(meta["goals"]),
+                          stored, cached=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:  # damaged cache: score again
+        warnings.warn(f"ignoring unreadable score cache {path}: {e}", stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, scores: Scores) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, sims=scores.sims, labels=scores.labels, own_goal=scores.own_goal,
+             keys=np.asarray(scores.keys, dtype=str), meta=np.asarray(json.dumps(scores.meta, sort_keys=True)))
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # a read-only model dir still evaluates; it only loses the cache
+        warnings.warn(f"could not write score cache {path}: {e}", stacklevel=3)
+
+
+def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cache_dir: str | Path | None = None,
+                limit: int | None = None, progress: bool = True, model_name: str = "the reward model") -> Scores:
+    """Similarities, labels and own-goal ids of every sample of `split`, from the cache when it is valid."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    check_goal_sets(list(manifest["goals"]), list(rm.goals), data_dir, model_name)
+    manifest_sha = sha256_file(data_dir / MANIFEST_FILE)
+    num_candidates = len(rm.goals) + len(rm.spec.negatives)
+    meta = {"version": CACHE_VERSION, "model_id": rm.model_id, "manifest_sha256": manifest_sha, "split": split,
+            "limit": limit, "goals": list(rm.goals), "candidates": num_candidates}
+    path = _cache_path(Path(cache_dir), split, manifest_sha) if cache_dir is not None else None
+    if path is not None and (hit := _read_cache(path, meta)) is not None:
+        return hit
+
+    from tqdm.auto import tqdm
+
+    goals = list(rm.goals)
+    index = {g: i for i, g in enumerate(goals)}
+    total = manifest["splits"].get(split, {}).get("samples")
+    counter = SkipCounter()
+    sims, labels, own, keys, batch = [], [], [], [], []
+
+    def flush():
+        if batch:
+            sims.append(rm.similarities(np.stack(batch)).float().cpu().numpy())
+            batch.clear()
+
+    bar = tqdm(total=min(total, limit) if total and limit else (limit or total), desc=f"scoring {split}",
+               unit="frame", disable=not progress, leave=False)
+    for sample in iter_split(data_dir, split, counter=counter):
+        meta_s = sample["meta"]
+        if not meta_s.get("labels"):
+            raise VlmrError(f"dataset {data_dir} split {split!r}: sample {sample['key']} has no labels; calibration "
+                            "and evaluation need labelled data (collect it with ground-truth labellers)")
+        if batch and sample["frame"].shape != batch[0].shape:
+            flush()
+        batch.append(sample["frame"])
+        labels.append([int(meta_s["labels"].get(g, 0)) for g in goals])
+        own.append(index.get(meta_s.get("mission"), -1))
+        keys.append(sample["key"])
+        bar.update(1)
+        if len(batch) >= batch_size:
+            flush()
+        if limit and len(keys) >= limit:
+            break
+    flush()
+    bar.close()
+    if not keys:
+        raise VlmrError(f"dataset {data_dir} split {split!r} has no readable samples")
+    label_arr = np.asarray(labels, dtype=np.int64)
+    if not np.isin(label_arr, (0, 1)).all():
+        raise VlmrError(f"dataset {data_dir} split {split!r}: labels must be 0 or 1, found {np.unique(label_arr).tolist()}")
+    meta["skipped"] = counter.skipped
+    scores = Scores(np.concatenate(sims).astype(np.float32), label_arr.astype(np.int8), np.asarray(own, dtype=np.int64),
+                    keys, goals, meta)
+    if path is not None:
+        _write_cache(path, scores)
+    return scores

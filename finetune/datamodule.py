@@ -1,0 +1,119 @@
+"""A LightningDataModule over vlmr webdataset shards (format in DESIGN.md).
+
+    dm = ShardDataModule("data/babyai_goto", batch_size=64, num_workers=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    batch["frames"]     # uint8 (B, H, W, 3)
+    batch["captions"]   # list[str]: a random paraphrase in train, the first (canonical) caption otherwise
+    batch["labels"]     # float (B, G), aligned with dm.goals
+    batch["own_goal"]   # long (B,): index of the episode's mission in dm.goals, -1 if none
+    batch["keys"]       # list[str]
+
+Shards are split across nodes (`split_by_node`) and dataloader workers
+(`split_by_worker`); train shuffles shard order and samples in a buffer.
+Corrupt shards and bad samples are skipped with a warning and counted in
+`dm.skipped`, or raise with strict=True. The manifest is checked first: a
+dataset without one is incomplete.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from finetune.files import VlmrError
+from finetune.shards import (
+    CountCheck,
+    SkipCounter,
+    check_goal_sets,
+    decode_sample,
+    expected_counts,
+    read_manifest,
+    split_shards,
+)
+
+
+class _Decode:
+    """Raw sample -> training item; picklable so it runs inside dataloader workers."""
+
+    def __init__(self, goals: list[str], counter: SkipCounter, random_caption: bool, seed: int):
+        self.goals, self.counter, self.random_caption = goals, counter, random_caption
+        self.index = {g: i for i, g in enumerate(goals)}
+        self.rng = random.Random(seed)
+
+    def __call__(self, stream):
+        for raw in stream:
+            try:
+                s = decode_sample(raw)
+                meta = s["meta"]
+                captions = meta.get("captions") or [meta.get("mission") or ""]
+                labels = meta.get("labels") or {}
+                yield {"frame": s["frame"], "key": s["key"],
+                       "caption": self.rng.choice(captions) if self.random_caption else captions[0],
+                       "labels": np.asarray([float(labels.get(g, 0)) for g in self.goals], dtype=np.float32),
+                       "own_goal": self.index.get(meta.get("mission"), -1)}
+            except Exception as e:  # noqa: BLE001 - one undecodable sample is skippable data damage
+                self.counter(e)
+
+
+def collate(items: list[dict]) -> dict:
+    shapes = {it["frame"].shape for it in items}
+    if len(shapes) > 1:
+        raise VlmrError(f"frames of different sizes in one batch: {sorted(shapes)}; recollect at one image_size")
+    return {"frames": torch.from_numpy(np.stack([it["frame"] for it in items])),
+            "captions": [it["caption"] for it in items],
+            "labels": torch.from_numpy(np.stack([it["labels"] for it in items])),
+            "own_goal": torch.tensor([it["own_goal"] for it in items], dtype=torch.long),
+            "keys": [it["key"] for it in items]}
+
+
+class ShardDataModule(pl.LightningDataModule):
+    def __init__(self, data_dir, goals: list[str] | None = None, batch_size: int = 64, num_workers: int = 0,
+                 shuffle_buffer: int = 1000, seed: int = 0, strict: bool = False):
+        super().__init__()
+        self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
+        self.shuffle_buffer, self.seed, self.strict = shuffle_buffer, seed, strict
+        self.manifest = read_manifest(data_dir)
+        self.goals = list(goals) if goals is not None else list(self.manifest["goals"])
+        check_goal_sets(self.manifest["goals"], self.goals, data_dir, "the requested goal set")
+        self.image_size = self.manifest.get("image_size")
+        self.counter = SkipCounter(strict)
+
+    @property
+    def skipped(self) -> int:
+        """Bad shards/samples skipped in this process (dataloader workers count their own)."""
+        return self.counter.skipped
+
+    def split_size(self, split: str) -> int:
+        return int(self.manifest["splits"].get(split, {}).get("samples", 0))
+
+    def dataset(self, split: str, train: bool | None = None):
+        import webdataset as wds
+
+        train = (split == "train") if train is None else train
+        urls = [str(p) for p in split_shards(self.data_dir, split, self.manifest)]
+        ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, nodesplitter=wds.split_by_node,
+                            workersplitter=wds.split_by_worker, handler=self.counter, empty_check=False,
+                            seed=self.seed if train else None)
+        ds = ds.compose(CountCheck(expected_counts(self.data_dir, split, self.manifest), self.counter))
+        if train and self.shuffle_buffer > 1:
+            ds = ds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                            rng=random.Random(self.seed))
+        return ds.compose(_Decode(self.goals, self.counter, train, self.seed))
+
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.dataset(split), batch_size=self.batch_size, collate_fn=collate,
+                                           num_workers=self.num_workers, persistent_workers=False,
+                                           pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")

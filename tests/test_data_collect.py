@@ -1,0 +1,220 @@
+"""Collection mechanics: split separation, resume, corrupt data, strict mode, workers, config errors."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from finetune.datamodule import ShardDataModule
+from finetune.files import VlmrError, read_json
+from finetune.shards import iter_split, load_split_arrays, read_manifest
+from rl.collect import CollectConfig, SplitFrames, collect, main
+
+
+def shapes_cfg(out, **kw) -> CollectConfig:
+    base = dict(name="t", source="shapes", out_dir=str(out), frames=SplitFrames(train=60, val=20, test=20),
+                shard_size=20)
+    return CollectConfig(**{**base, **kw})
+
+
+def keys(out, split):
+    return [s["key"] for s in iter_split(out, split)]
+
+
+def test_splits_share_no_env_seed_or_layout(babyai_dataset):
+    from rl.babyai import make_env
+
+    seeds = {}
+    for split in ("train", "val", "test"):
+        seeds[split] = {s["meta"]["env_seed"] for s in iter_split(babyai_dataset, split)}
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["train"] & seeds["test"])
+    assert not (seeds["val"] & seeds["test"])
+    env = make_env("BabyAI-GoToLocal-v0")
+
+    def layouts(split):
+        out = set()
+        for seed in sorted(seeds[split])[:40]:
+            env.reset(seed=seed)
+            u = env.unwrapped
+            out.add(hashlib.sha1(u.grid.encode().tobytes() + bytes(u.agent_pos)).hexdigest())
+        return out
+
+    assert not (layouts("train") & layouts("val")) and not (layouts("train") & layouts("test"))
+
+
+def test_killed_collection_resumes_without_duplicates(tmp_path):
+    fresh = collect(shapes_cfg(tmp_path / "fresh"), progress=False)
+    out = tmp_path / "killed"
+    cfg = shapes_cfg(out)
+    collect(cfg, progress=False, stop_after=2)  # "killed" after two shards
+    assert not (out / "manifest.json").exists()
+    (out / ".train-000002.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-shard leaves
+    with pytest.raises(VlmrError, match="incomplete"):
+        read_manifest(out)
+    with pytest.raises(VlmrError, match="--resume"):
+        collect(cfg, progress=False)
+    collect(cfg, resume=True, progress=False)
+    assert not list(out.glob(".*.tmp"))
+    for split in ("train", "val", "test"):
+        k = keys(out, split)
+        assert len(k) == len(set(k)) == read_manifest(out)["splits"][split]["samples"]
+        assert k == keys(fresh, split)
+    # same content as an uninterrupted run, shard by shard
+    a, b = read_manifest(out), read_manifest(fresh)
+    assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+
+
+def test_resume_rejects_a_different_config(tmp_path):
+    collect(shapes_cfg(tmp_path / "d"), progress=False, stop_after=1)
+    with pytest.raises(VlmrError, match="different config"):
+        collect(shapes_cfg(tmp_path / "d", seed=5), resume=True, progress=False)
+
+
+def test_existing_dataset_needs_resume_or_overwrite(tmp_path):
+    cfg = shapes_cfg(tmp_path / "d")
+    collect(cfg, progress=False)
+    with pytest.raises(VlmrError, match="already exists and is complete"):
+        collect(cfg, progress=False)
+    cfg.overwrite = True
+    collect(cfg, progress=False)
+    assert read_manifest(tmp_path / "d")["splits"]["train"]["samples"] == 60
+
+
+def test_overwrite_with_resume_keeps_matching_shards(tmp_path):
+    out = tmp_path / "d"
+    collect(shapes_cfg(out, overwrite=True), progress=False, stop_after=2)
+    first = (out / "train-000000.tar").stat().st_mtime_ns
+    collect(shapes_cfg(out, overwrite=True), resume=True, progress=False)  # same config: continued
+    assert (out / "train-000000.tar").stat().st_mtime_ns == first
+    collect(shapes_cfg(out, overwrite=True, seed=9), resume=True, progress=False)  # other config: replaced
+    assert read_manifest(out)["config"]["seed"] == 9 and len(keys(out, "train")) == 60
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100])
+
+
+def test_corrupt_shard_is_skipped_and_counted_or_strict_error(tmp_path):
+    out = collect(shapes_cfg(tmp_path / "d"), progress=False)
+    _truncate(out / "val-000000.tar")
+    with pytest.warns(UserWarning, match="skipping corrupt data"):
+        arrays = load_split_arrays(out, "val")
+    assert arrays.skipped >= 1 and 0 < len(arrays.keys) < 20 + 20
+    dm = ShardDataModule(out, batch_size=8)
+    with pytest.warns(UserWarning, match="skipping corrupt data"):
+        n = sum(len(b["keys"]) for b in dm.val_dataloader())
+    assert n == len(arrays.keys) and dm.skipped >= 1
+    strict = ShardDataModule(out, batch_size=8, strict=True)
+    with pytest.raises(VlmrError, match="corrupt data"):
+        list(strict.val_dataloader())
+    # resume: a complete shard that no longer matches its record is rewritten, or an error with --strict
+    with pytest.raises(VlmrError, match="does not match"):
+        collect(shapes_cfg(tmp_path / "d"), resume=True, strict=True, progress=False)
+    with pytest.warns(UserWarning, match="rewriting it"):
+        collect(shapes_cfg(tmp_path / "d"), resume=True, progress=False)
+    assert len(load_split_arrays(out, "val", strict=True).keys) == 20
+
+
+def test_bad_png_is_skipped(tmp_path):
+    import webdataset as wds
+
+    out = collect(shapes_cfg(tmp_path / "d"), progress=False)
+    shard = out / "test-000000.tar"
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False))
+    samples[3]["frame.png"] = b"\x89PNG not really"
+    with wds.TarWriter(str(shard)) as w:
+        for s in samples:
+            w.write({k: v for k, v in s.items() if k in ("__key__", "frame.png", "meta.json")})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arrays = load_split_arrays(out, "test")
+    assert arrays.skipped == 1 and len(arrays.keys) == 19 and caught
+    with pytest.raises(VlmrError, match="corrupt"):
+        load_split_arrays(out, "test", strict=True)
+
+
+def test_workers_give_the_same_shards(tmp_path):
+    one = collect(shapes_cfg(tmp_path / "one"), progress=False)
+    two = collect(shapes_cfg(tmp_path / "two"), workers=2, progress=False)
+    sha = lambda d: [s["sha256"] for sp in read_manifest(d)["splits"].values() for s in sp["shards"]]  # noqa: E731
+    assert sha(one) == sha(two)
+
+
+def test_negative_keep_balances(tmp_path):
+    def own_rate(out):
+        a = load_split_arrays(out, "train")
+        return a.labels[np.arange(len(a.own_goal)), a.own_goal].mean()
+
+    base = dict(source="babyai", env_id="BabyAI-GoToLocal-v0", frames=SplitFrames(train=150, val=10, test=10),
+                shard_size=150)
+    full = collect(shapes_cfg(tmp_path / "full", **base), progress=False)
+    bal = collect(shapes_cfg(tmp_path / "bal", negative_keep=0.2, **base), progress=False)
+    assert own_rate(bal) > own_rate(full) + 0.15
+
+
+def test_cli_errors_name_what_exists(tmp_path, capsys):
+    from rl.cli import main as vlmr
+
+    assert vlmr(["collect", "--source", "shapes", f"out_dir={tmp_path}/x", "source=gridworld", "--quiet"]) == 2
+    assert "sources are shapes, babyai, crafter" in capsys.readouterr().err
+    assert vlmr(["collect", "--source", "babyai_goto", f"out_dir={tmp_path}/x", "env_id=BabyAI-Foo-v0"]) == 2
+    assert "BabyAI-GoToLocal-v0" in capsys.readouterr().err
+    assert vlmr(["collect", "--source", "nope"]) == 2
+    assert "babyai_goto" in capsys.readouterr().err
+    assert vlmr(["collect", "--source", "shapes", "goals=[a pink circle]", f"out_dir={tmp_path}/x"]) == 2
+    assert "unknown shapes goals" in capsys.readouterr().err
+    assert vlmr(["collect", "--source", "shapes", "frames.trian=3", f"out_dir={tmp_path}/x"]) == 2
+    assert "trian" in capsys.readouterr().err
+
+
+def test_every_config_loads():
+    from pathlib import Path
+
+    from finetune.config import load_config
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "data"
+    names = sorted(p.stem for p in root.glob("*.yaml"))
+    assert {"shapes", "babyai_goto", "babyai_pickup", "crafter"} <= set(names)
+    for p in root.glob("*.yaml"):
+        cfg = load_config(CollectConfig, p)
+        assert cfg.frames.train + cfg.frames.val + cfg.frames.test <= 20000  # sized for the 2-core offline demo
+
+
+def test_progress_record_matches_manifest(tmp_path):
+    out = collect(shapes_cfg(tmp_path / "d"), progress=False)
+    rec = read_json(out / ".progress" / "train-000001.json")
+    entry = read_manifest(out)["splits"]["train"]["shards"][1]
+    assert rec["sha256"] == entry["sha256"] and rec["samples"] == entry["samples"] == 20
+    shutil.rmtree(out / ".progress")  # readers never need it
+    assert len(load_split_arrays(out, "train").keys) == 60
+    assert main  # the CLI entry exists
+
+
+@pytest.mark.slow  # a real SIGKILL of a `vlmr collect` process: ~10 s of process start-up and collection
+def test_sigkill_then_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "k"
+    args = [sys.executable, "-m", "rl.cli", "collect", "--source", "babyai_goto", f"out_dir={out}",
+            "frames.train=3000", "frames.val=200", "frames.test=200", "shard_size=200", "--quiet"]
+    proc = subprocess.Popen(args)
+    deadline = time.time() + 60
+    while len(list(out.glob("train-*.tar"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    subprocess.run([*args, "--resume"], check=True)
+    m = read_manifest(out)
+    for split, n in (("train", 3000), ("val", 200), ("test", 200)):
+        k = keys(out, split)
+        assert len(k) == len(set(k)) == m["splits"][split]["samples"] == n

@@ -1,0 +1,85 @@
+"""`vlmr evaluate`: several reward models side by side, with and without calibration, and its errors."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from calibrate.evaluate import evaluate, main
+from calibrate.fit import CalibrateConfig, calibrate
+from calibrate.fitting import CalibrationWarning
+from finetune.files import VlmrError
+from finetune.reward_model import RewardModel
+from finetune.shards import read_manifest
+
+
+@pytest.fixture(scope="module")
+def models(babyai_dataset, tmp_path_factory):
+    goals = read_manifest(babyai_dataset)["goals"]
+    root = tmp_path_factory.mktemp("evaluate")
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        dirs.append(RewardModel.create("vlmr-tiny", goals, negatives=["a grey wall"]).save(root / f"rm{seed}"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        calibrate(CalibrateConfig(reward_model=str(dirs[0]), data=str(babyai_dataset), min_positives=3,
+                                  plots=False, logger="none"), progress=False)
+    return dirs
+
+
+def test_side_by_side_table_and_json(models, babyai_dataset, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["--model", str(models[0]), "--calibration", "auto", "--name", "calibrated",
+                 "--model", str(models[1]), "--name", "defaults", "--data", str(babyai_dataset),
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("macro metric"))
+    assert header.split()[-2:] == ["calibrated", "defaults"]
+    for row in ("own-goal precision", "own-goal AUROC", "pooled F1", "pooled ECE"):
+        assert any(line.startswith(row) and len(line.split()) == len(row.split()) + 2 for line in printed.splitlines())
+    results = json.loads(out.read_text())
+    a, b = results["models"]
+    assert (a["name"], b["name"], results["split"]) == ("calibrated", "defaults", "test")
+    assert b["calibration"] is None and b["thresholds"] == [0.5] * 18
+    assert b["temperatures"] == pytest.approx([0.01] * 18)  # the float32 values the model holds
+    # evaluating with the fitted calibration reproduces the figures calibrate reported on the same split
+    cal = json.loads((models[0] / "calibration.json").read_text())
+    for view in ("pooled", "own_goal"):
+        for key in ("precision", "recall", "f1", "auroc", "ap", "ece"):
+            assert a["metrics"]["macro"][view][key] == cal["metrics"]["macro"][view][key], (view, key)
+    assert a["metrics"]["own_goal"]["tp"] == cal["metrics"]["own_goal"]["tp"]
+    assert a["model_id"] != b["model_id"]
+
+
+def test_wandb_logging_offline(models, babyai_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    evaluate([{"dir": str(models[1]), "calibration": None, "name": None}], str(babyai_dataset),
+             out=str(tmp_path / "r.json"), logger="wandb", progress=False)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_errors(models, babyai_dataset, tmp_path, capsys):
+    from rl.cli import main as vlmr
+
+    data = ["--data", str(babyai_dataset), "--quiet"]
+    # a calibration fitted for another model
+    assert vlmr(["evaluate", "--model", str(models[1]), "--calibration", str(models[0] / "calibration.json"), *data]) == 2
+    assert "was fitted for reward model" in capsys.readouterr().err
+    # --calibration auto without a calibration file
+    assert vlmr(["evaluate", "--model", str(models[1]), "--calibration", "auto", *data]) == 2
+    assert "run `vlmr calibrate`" in capsys.readouterr().err
+    # --calibration must follow its --model
+    with pytest.raises(SystemExit):
+        main(["--calibration", "x.json", "--model", str(models[0]), *data])
+    assert "must follow the --model" in capsys.readouterr().err
+    with pytest.raises(VlmrError, match="distinct --name"):
+        main(["--model", str(models[0]), "--model", str(models[0]), *data])
+    goals = read_manifest(babyai_dataset)["goals"]
+    torch.manual_seed(0)
+    fewer = RewardModel.create("vlmr-tiny", goals[:3]).save(tmp_path / "fewer")
+    with pytest.raises(VlmrError, match="goal sets differ"):
+        main(["--model", str(fewer), *data])
