@@ -26,3 +26,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/vlmr pipeline configs/pipeline/babyai_demo.yaml
+
+bench: $(STAMP)
+	$(BIN)/vlmr bench --quick

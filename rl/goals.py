@@ -119,3 +119,21 @@ def state_captions(front: tuple[str, str] | None, carrying: tuple[str, str] | No
     if rng is not None:
         rng.shuffle(rest)
     return [first, *rest]
+
+
+def goal_prompts(goals: list[str], family_templates: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per-goal caption prompts from per-family templates with {color} and {type}.
+
+    {"goto": ["a {color} {type} right in front of you"]} turns "go to the red ball" into
+    ["a red ball right in front of you"]. Goals of other families (or of other domains) keep
+    the reward model's own templates.
+    """
+    unknown = sorted(set(family_templates) - set(FAMILIES))
+    if unknown:
+        raise VlmrError(f"goal templates name unknown families {unknown}; families are {', '.join(FAMILIES)}")
+    prompts = {}
+    for sentence in goals:
+        goal = try_parse_goal(sentence)
+        if goal is not None and goal.color and family_templates.get(goal.family):
+            prompts[sentence] = [t.format(color=goal.color, type=goal.type) for t in family_templates[goal.family]]
+    return prompts

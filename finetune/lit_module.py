@@ -1,0 +1,430 @@
+"""The LightningModule that adapts an open_clip model (peft LoRA, or full training) into a reward model.
+
+    module = ClipFinetuneModule(goals, model={"arch": "vlmr-tiny"}, lora={"r": 8}, loss={}, optim={}, max_steps=100)
+    trainer.fit(module, datamodule)           # finetune.train does this from a YAML config
+    rm = module.to_reward_model()             # a finetune.reward_model.RewardModel; rm.save(dir)
+
+One shared step serves train and val. The losses (finetune.losses) are weighted by
+the `loss` section: multi-positive CLIP contrastive, BCE of P(g|o) (exactly what the
+reward uses), SigLIP-style sigmoid. Validation reports per-goal AUROC/AP of P(g|o),
+their means, own-goal AUROC and retrieval accuracy. LoRA targets are regexes over
+open_clip's module names; peft >= 0.14 adapts `nn.MultiheadAttention` itself (its
+in_proj and out_proj; targeting `out_proj` alone would be silently ignored, because
+MultiheadAttention never calls out_proj.forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+from finetune.config import build_config, config_dataclass
+from finetune.files import VlmrError, sha256_file
+from finetune.losses import (
+    MIN_TEMPERATURE,
+    GoalClassificationLoss,
+    MultiPositiveClipLoss,
+    SigmoidLoss,
+    positives_mask,
+)
+from finetune.models import create_clip, image_preprocess_cfg
+from finetune.preprocess import preprocess_frames
+from finetune.reward_math import all_goal_log_probs, normalize
+from finetune.reward_model import RewardModel, candidate_prompts, encode_candidates, make_spec
+
+VISION_BLOCKS = r"visual\.transformer\.resblocks\.\d+"
+TEXT_BLOCKS = r"transformer\.resblocks\.\d+"  # matched in full, so it never matches visual.transformer...
+TEXT_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
+                 "text.")
+
+
+@config_dataclass
+class ModelSection:
+    arch: str = "vlmr-tiny"  # open_clip architecture (vlmr-tiny, vlmr-small, ViT-B-32, ...)
+    pretrained: str | None = None  # open_clip tag or checkpoint file; null = random init (a control arm)
+    goals: list[str] | None = None  # the model's goal set; null = the dataset's; must equal the dataset's
+    templates: list[str] = dataclasses.field(default_factory=lambda: ["{goal}"])  # prompt templates, ensembled
+    goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts
+    negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidates that are never goals
+    init_temperature: float | None = None  # tau of P(g|o) at the start; null = 1 / exp(the base's logit_scale)
+    freeze_text: bool = False  # keep the text tower fixed (overrides lora.text_*)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
+
+
+@config_dataclass
+class LoraSection:
+    r: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA input of Linear targets (attention LoRA merges, so none there)
+    vision_attention: bool = True  # adapt the vision tower's attention (in_proj + out_proj)
+    vision_mlp: bool = True  # adapt the vision tower's MLPs (c_fc, c_proj)
+    text_attention: bool = True  # adapt the text tower's attention
+    text_mlp: bool = True  # adapt the text tower's MLPs
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("need r >= 1, alpha > 0 and 0 <= dropout < 1")
+
+
+@config_dataclass
+class LossSection:
+    contrastive: float = 1.0  # weight of the multi-positive CLIP contrastive loss
+    goal: float = 1.0  # weight of the BCE of P(g|o) against the goal labels
+    sigmoid: float = 0.0  # weight of the SigLIP-style sigmoid loss
+    learn_temperature: bool = True  # learn the shared tau of P(g|o) (else fixed at init_temperature)
+    pos_weight: float = 1.0  # weight of positive labels in the goal BCE (positives are rare)
+
+    def __post_init__(self):
+        if min(self.contrastive, self.goal, self.sigmoid) < 0 or self.contrastive + self.goal + self.sigmoid == 0:
+            raise ValueError("loss weights must be >= 0 and not all zero")
+
+
+@config_dataclass
+class OptimSection:
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay on matrices (not on biases, norms, scales)
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (CLIP's)
+
+
+def lora_target_regex(cfg: LoraSection, freeze_text: bool) -> str:
+    """A peft `target_modules` regex (matched in full against module names) for the chosen towers and parts."""
+    parts = []
+    for blocks, attn, mlp in ((VISION_BLOCKS, cfg.vision_attention, cfg.vision_mlp),
+                              (TEXT_BLOCKS, cfg.text_attention and not freeze_text, cfg.text_mlp and not freeze_text)):
+        names = (["attn"] if attn else []) + (["mlp\\.c_fc", "mlp\\.c_proj"] if mlp else [])
+        if names:
+            parts.append(f"{blocks}\\.({'|'.join(names)})")
+    if not parts:
+        raise VlmrError("lora: no target modules selected; enable at least one of vision_attention, vision_mlp, "
+                        "text_attention, text_mlp (text ones need model.freeze_text: false)")
+    return "|".join(f"({p})" for p in parts)
+
+
+def apply_lora(clip, cfg: LoraSection, freeze_text: bool, arch: str):
+    from peft import LoraConfig, get_peft_model
+
+    target = lora_target_regex(cfg, freeze_text)
+    lora_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, bias="none")
+    try:
+        return get_peft_model(clip, lora_cfg)
+    except ValueError as e:
+        raise VlmrError(f"LoRA targets {target!r} match no module of {arch} ({str(e)[:200]}); vlmr's targets fit "
+                        "open_clip ViT towers (visual.transformer.resblocks.N.attn / .mlp)") from None
+
+
+class GoalScores(Metric):
+    """Collects P(g|o), labels and own-goal ids over the val set (synced across DDP ranks) and scores them."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("own", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs, labels, own):
+        self.probs.append(probs.float())
+        self.labels.append(labels.float())
+        self.own.append(own.long())
+
+    def compute(self) -> dict:
+        if isinstance(self.probs, list) and not self.probs:
+            return {}  # no val batches on this process
+        return goal_metrics(*(torch.cat(s) if isinstance(s, list) else s for s in (self.probs, self.labels, self.own)))
+
+
+def goal_metrics(probs: torch.Tensor, labels: torch.Tensor, own: torch.Tensor) -> dict:
+    """Per-goal AUROC and AP of P(g|o) (goals with both classes only), their means, own-goal AUROC, retrieval."""
+    labels_int = (labels > 0.5).long()
+    out: dict = {"auroc": {}, "ap": {}}
+    for g in range(labels.shape[1]):
+        n_pos = int(labels_int[:, g].sum())
+        if 0 < n_pos < len(labels_int):
+            out["auroc"][g] = float(binary_auroc(probs[:, g], labels_int[:, g]))
+            out["ap"][g] = float(binary_average_precision(probs[:, g], labels_int[:, g]))
+    nan = float("nan")
+    out["auroc_mean"] = sum(out["auroc"].values()) / len(out["auroc"]) if out["auroc"] else nan
+    out["ap_mean"] = sum(out["ap"].values()) / len(out["ap"]) if out["ap"] else nan
+    has_pos = labels_int.sum(1) > 0
+    top = probs.argmax(1)
+    hit = labels_int.gather(1, top.unsqueeze(1)).squeeze(1)
+    out["retrieval_top1"] = float(hit[has_pos].float().mean()) if has_pos.any() else nan
+    mine = own >= 0
+    out["own_goal_auroc"] = nan
+    if mine.any():
+        idx = own[mine]
+        score, target = probs[mine].gather(1, idx[:, None])[:, 0], labels_int[mine].gather(1, idx[:, None])[:, 0]
+        if 0 < int(target.sum()) < len(target):
+            out["own_goal_auroc"] = float(binary_auroc(score, target))
+    out["frames"] = len(labels)
+    return out
+
+
+class ClipFinetuneModule(pl.LightningModule):
+    def __init__(self, goals: list[str], model: dict, lora: dict | None, loss: dict, optim: dict,
+                 max_steps: int, sample_frames: int = 16):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = build_config(ModelSection, dict(model), "model section")
+        self.lora_cfg = build_config(LoraSection, dict(lora), "lora section") if lora is not None else None
+        self.loss_cfg = build_config(LossSection, dict(loss), "loss section")
+        self.optim_cfg = build_config(OptimSection, dict(optim), "optim section")
+        mc = self.model_cfg
+        pretrained = mc.pretrained
+        self.base_sha256 = None
+        if pretrained and Path(pretrained).is_file():
+            pretrained = str(Path(pretrained).resolve())
+            self.base_sha256 = sha256_file(pretrained)
+        clip, self.tokenizer = create_clip(mc.arch, pretrained)
+        self.spec = make_spec(arch=mc.arch, goals=list(goals), pretrained=pretrained, pretrained_sha256=self.base_sha256,
+                              templates=mc.templates, goal_prompts=mc.goal_prompts, negatives=mc.negatives)
+        self.pretrained_path = Path(pretrained) if self.base_sha256 else None
+        self.pre = image_preprocess_cfg(clip)
+        init_tau = mc.init_temperature or 1.0 / float(clip.logit_scale.detach().exp())
+        if mc.grad_checkpointing:
+            clip.set_grad_checkpointing(True)  # open_clip's non-reentrant checkpoint: LoRA grads still flow
+        if self.lora_cfg is not None:
+            clip = apply_lora(clip, self.lora_cfg, mc.freeze_text, mc.arch)
+        elif mc.freeze_text:
+            for name, p in clip.named_parameters():
+                if name.startswith(TEXT_PREFIXES):
+                    p.requires_grad_(False)
+        self.clip = clip.train()  # create_clip returns eval mode; LoRA dropout needs train mode
+        # LoRA weights live under their target's name, so text ones also start with a text prefix
+        self.text_trainable = any(p.requires_grad for n, p in self.base_clip.named_parameters()
+                                  if n.startswith(TEXT_PREFIXES))
+        self.contrastive_loss = MultiPositiveClipLoss()
+        # a parameter without gradients would break DDP (unused parameters), so tau is learned only when used
+        learn_tau = self.loss_cfg.learn_temperature and self.loss_cfg.goal > 0
+        self.goal_loss = GoalClassificationLoss(init_tau, learn_tau, self.loss_cfg.pos_weight)
+        if self.loss_cfg.contrastive == 0:
+            self.base_clip.logit_scale.requires_grad_(False)
+        self.sigmoid_loss = SigmoidLoss() if self.loss_cfg.sigmoid > 0 else None
+        self.val_scores = GoalScores()
+        self._frozen_text_cache: torch.Tensor | None = None
+        self._samples: list = []
+        self.val_step_seen = -1  # global step of the last finished validation
+        self.start_step = 0  # global step at which this fit started (> 0 when resumed)
+
+    # ------------------------------------------------------------ model pieces
+    @property
+    def base_clip(self):
+        """The open_clip model under the peft wrapper (shares its weights)."""
+        return self.clip.get_base_model() if self.lora_cfg is not None else self.clip
+
+    def reward_temperature(self) -> torch.Tensor:
+        """tau of P(g|o): the goal loss's when it trains one, else the CLIP's own 1 / exp(logit_scale)."""
+        if self.loss_cfg.goal > 0 or self.model_cfg.init_temperature:
+            return self.goal_loss.temperature
+        return (-self.base_clip.logit_scale.float()).exp().clamp(min=MIN_TEMPERATURE)
+
+    @property
+    def goals(self) -> list[str]:
+        return self.spec.goals
+
+    def embed_images(self, frames) -> torch.Tensor:
+        x = preprocess_frames(frames, self.pre["size"], self.pre["mean"], self.pre["std"], self.pre["interpolation"],
+                              self.device)
+        return normalize(self.base_clip.encode_image(x).float())
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(texts))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trainable):
+            emb = normalize(self.base_clip.encode_text(self.tokenizer(unique).to(self.device)).float())
+        index = {t: i for i, t in enumerate(unique)}
+        return emb[torch.tensor([index[t] for t in texts], device=self.device)]
+
+    def candidate_embeddings(self) -> torch.Tensor:
+        """(C, D) prompt-ensembled goal + negative embeddings; cached while the text tower cannot change."""
+        if not self.text_trainable and self._frozen_text_cache is not None:
+            return self._frozen_text_cache.to(self.device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trainable):
+            emb = encode_candidates(self.base_clip, self.tokenizer, candidate_prompts(self.spec), self.device)
+        if not self.text_trainable:
+            self._frozen_text_cache = emb.detach()
+        return emb
+
+    # ------------------------------------------------------------ the shared step
+    def compute_losses(self, batch: dict, need_candidates: bool = True):
+        """The weighted loss of a batch, its parts, and the embeddings it used."""
+        labels = batch["labels"].to(self.device).float()
+        if labels.shape[1] != len(self.goals):
+            raise VlmrError(f"batch has labels for {labels.shape[1]} goals but the model has {len(self.goals)} goals")
+        image = self.embed_images(batch["frames"])
+        w, parts = self.loss_cfg, {}
+        if w.contrastive > 0 or w.sigmoid > 0:
+            text = self.embed_texts(list(batch["captions"]))
+            pos = positives_mask(list(batch["captions"]), labels)
+            if w.contrastive > 0:
+                parts["contrastive"] = self.contrastive_loss(image, text, self.base_clip.logit_scale, pos)
+            if w.sigmoid > 0:
+                parts["sigmoid"] = self.sigmoid_loss(image, text, pos)
+        candidates = self.candidate_embeddings() if need_candidates or w.goal > 0 else None
+        if w.goal > 0:
+            parts["goal"] = self.goal_loss(image, candidates, labels)
+        total = sum(getattr(w, k) * v for k, v in parts.items())
+        return total, parts, image, candidates, labels
+
+    def shared_step(self, batch: dict, stage: str):
+        total, parts, image, candidates, labels = self.compute_losses(batch, need_candidates=stage != "train")
+        bs, sync = labels.shape[0], stage != "train"
+        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=bs, sync_dist=sync)
+        for k, v in parts.items():
+            self.log(f"{stage}/loss_{k}", v, batch_size=bs, sync_dist=sync)
+        return total, image, candidates, labels
+
+    def on_train_start(self):
+        self.start_step = self.global_step
+
+    def training_step(self, batch, batch_idx):
+        total, *_ = self.shared_step(batch, "train")
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True)
+        if not finite:
+            raise NonFiniteLossError(f"the training loss became {float(total.detach())} at step {self.global_step}")
+        self.log("train/temperature", self.reward_temperature().detach(), batch_size=len(batch["labels"]))
+        return total
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        norm = torch.stack(grads).norm() if grads else torch.zeros((), device=self.device)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(norm)), all=True)
+        if not finite:  # stop before the optimizer writes NaNs into weights a checkpoint would keep
+            raise NonFiniteLossError(f"the gradient norm became {float(norm)} at step {self.global_step}")
+        self.log("train/grad_norm", norm)
+
+    def validation_step(self, batch, batch_idx):
+        _, image, candidates, labels = self.shared_step(batch, "val")
+        tau = self.reward_temperature().detach().expand(len(self.goals))
+        probs = all_goal_log_probs(image @ candidates.T, tau).exp()
+        self.val_scores.update(probs, labels, batch["own_goal"].to(self.device))
+        if batch_idx == 0 and self.hparams.sample_frames:
+            n = self.hparams.sample_frames
+            self._samples = [(f, p, y) for f, p, y in zip(batch["frames"][:n], probs[:n].cpu(), labels[:n].cpu())]
+
+    def on_validation_epoch_end(self):
+        scores = self.val_scores.compute()
+        self.val_scores.reset()
+        if not scores:
+            return
+        metrics = {f"val/{k}": scores[k] for k in ("auroc_mean", "ap_mean", "retrieval_top1", "own_goal_auroc")}
+        for kind in ("auroc", "ap"):
+            metrics.update({f"val/{kind}/{self.goals[g]}": v for g, v in scores[kind].items()})
+        # torchmetrics already gathered every rank's predictions, so the values agree on all ranks
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+        self.log_sample_table()
+        self.val_step_seen = self.global_step
+
+    def log_sample_table(self):
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not self._samples or self.global_rank != 0:
+            return
+        import wandb
+
+        rows = []
+        for frame, probs, labels in self._samples:
+            top = probs.topk(min(3, len(self.goals)))
+            top_goals = "; ".join(f"{self.goals[i]} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+            truth = "; ".join(g for g, y in zip(self.goals, labels.tolist()) if y > 0.5)
+            rows.append([wandb.Image(torch.as_tensor(frame).cpu().numpy()), top_goals, truth])
+        loggers[0].log_table("val/samples", columns=["frame", "top goals P(g|o)", "true goals"], data=rows,
+                             step=self.global_step)
+
+    # ------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        oc = self.optim_cfg
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=oc.lr, betas=tuple(oc.betas))
+        total, warm = max(1, self.hparams.max_steps), max(0, oc.warmup_steps)
+
+        def schedule(step):
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------ checkpoints
+    def _frozen_keys(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if not p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["vlmr"] = {"goals": self.goals, "base_sha256": self.base_sha256}
+        if self.lora_cfg is not None:  # the frozen base is in its own file (sha-checked): keep checkpoints small
+            frozen = self._frozen_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("vlmr", {})
+        if saved.get("goals") is not None and saved["goals"] != self.goals:
+            raise VlmrError(f"the checkpoint was trained for a different goal set ({len(saved['goals'])} goals, e.g. "
+                            f"{saved['goals'][:3]}) than this run's data ({len(self.goals)} goals, e.g. "
+                            f"{self.goals[:3]}); start a new run (another name, or resume=false)")
+        if saved.get("base_sha256") != self.base_sha256:
+            raise VlmrError("the checkpoint was trained on a different base model (sha256 differs from "
+                            f"{self.model_cfg.pretrained}); start a new run (another name, or resume=false)")
+        hp = checkpoint.get("hyper_parameters", {})
+        for key in ("model", "lora"):
+            # the base file may have moved with its run folder: its sha256 was compared above
+            ours = {k: v for k, v in (self.hparams[key] or {}).items() if k != "pretrained"}
+            theirs = {k: v for k, v in (hp.get(key) or {}).items() if k != "pretrained"}
+            if key in hp and ours != theirs:
+                diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                raise VlmrError(f"the checkpoint's {key!r} settings differ from this config in {diff or key}; "
+                                "start a new run (another name, or resume=false)")
+        if self.lora_cfg is not None:
+            state = self.state_dict()
+            frozen = self._frozen_keys()
+            checkpoint["state_dict"] = {**{k: v for k, v in state.items() if k in frozen}, **checkpoint["state_dict"]}
+
+    # ------------------------------------------------------------ export
+    @torch.no_grad()
+    def restore_base_weights(self) -> None:
+        """Reset the frozen base to its checkpoint exactly.
+
+        peft adapts nn.MultiheadAttention by adding the LoRA delta to the frozen weight before each forward and
+        subtracting it after, so float rounding lets the base drift by ~1e-6 over a run. The adapter is saved
+        against the checkpoint file, so the module is made equal to what a later load will see.
+        """
+        if self.lora_cfg is None or not self.model_cfg.pretrained:
+            return
+        fresh, _ = create_clip(self.model_cfg.arch, str(self.pretrained_path or self.model_cfg.pretrained))
+        state = fresh.state_dict()
+        for name, p in self.base_clip.named_parameters():
+            key = name.replace(".base_layer", "")
+            if not p.requires_grad and key in state:
+                p.copy_(state[key])
+
+    def to_reward_model(self, with_adapter: bool = True) -> RewardModel:
+        """The trained model as a RewardModel (shares weights with this module); its tau is the trained one.
+
+        with_adapter=False (a zero-shot export of an untrained LoRA run) removes the LoRA layers, so the saved
+        directory has no adapter files, as DESIGN.md defines a zero-shot reward model.
+        """
+        self.restore_base_weights()
+        clip = self.clip
+        if self.lora_cfg is not None and not with_adapter:
+            clip = self.clip.unload()
+        spec = dataclasses.replace(self.spec, temperature=float(self.reward_temperature().detach()))
+        rm = RewardModel(clip, self.tokenizer, spec, self.pretrained_path, device=self.device)
+        return rm.eval()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; train.py turns it into a VlmrError naming the last checkpoint."""

@@ -1,0 +1,289 @@
+"""`vlmr finetune CONFIG [key=value ...]`: adapt a CLIP reward model on frame-caption shards.
+
+    vlmr finetune configs/finetune/base_shapes_full.yaml                 # the offline demo's base CLIP (full training)
+    vlmr finetune configs/finetune/babyai_lora.yaml                      # LoRA on that base, BabyAI GoTo data
+    vlmr finetune configs/finetune/babyai_lora.yaml trainer.max_steps=0  # zero-shot arm: export + validate only
+    vlmr finetune configs/finetune/babyai_lora.yaml model.pretrained=null name=babyai_random  # random-init control
+    vlmr finetune configs/finetune/babyai_lora.yaml logger=csv trainer.devices=2 trainer.strategy=ddp
+    flock /tmp/vlmr-heavy.lock vlmr finetune configs/finetune/crafter_lora.yaml     # on the shared 2-core box
+
+Writes runs/<name>/: run.json (config, seed, versions, git commit), checkpoints/last.ckpt,
+the logger's files (wandb/ offline by default, or csv/), reward_model/ (peft adapter +
+reward_model.json, or full weights when `lora: null`), summary.json. A rerun resumes from
+checkpoints/last.ckpt (resume: true) and continues the step count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from finetune.config import config_dataclass, config_to_dict, stage_main
+from finetune.files import VlmrError, atomic_write_json, atomic_write_text
+from finetune.lit_module import (
+    ClipFinetuneModule,
+    LoraSection,
+    LossSection,
+    ModelSection,
+    NonFiniteLossError,
+    OptimSection,
+)
+from finetune.provenance import run_info
+
+BASE_INIT_FILE = "base_init.safetensors"
+
+
+@config_dataclass
+class DataSection:
+    dir: str  # dataset folder written by `vlmr collect` (shards + manifest.json)
+    batch_size: int = 64  # frames per batch and per device
+    num_workers: int = 0  # dataloader workers (shards are split across them)
+    shuffle_buffer: int = 1000  # webdataset sample shuffle buffer for train
+
+
+@config_dataclass
+class TrainerSection:
+    max_steps: int = 200  # optimizer steps; 0 = no training: export the zero-shot model and validate it
+    max_minutes: float | None = None  # wall-clock budget; stops early (checkpointed) when reached
+    val_every_n_epochs: int = 1  # validate after every N passes over the train split
+    val_every_n_steps: int | None = None  # also validate every N steps (for large datasets)
+    limit_val_batches: int | None = None  # at most this many val batches per validation (null = all)
+    checkpoint_every_n_steps: int = 50  # write checkpoints/last.ckpt every N steps (and at the end)
+    grad_clip: float | None = 1.0  # gradient-norm clipping (null = off)
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: int | str | list[int] = "auto"  # passed to the Trainer
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ... passed to the Trainer
+    num_nodes: int = 1  # passed to the Trainer
+    log_every_n_steps: int = 10  # metric logging interval
+    progress_bar: bool = True  # Lightning's progress bar
+
+    def __post_init__(self):
+        if self.max_steps < 0 or self.checkpoint_every_n_steps < 1 or self.val_every_n_epochs < 1:
+            raise ValueError("need max_steps >= 0, checkpoint_every_n_steps >= 1 and val_every_n_epochs >= 1")
+
+
+@config_dataclass
+class FinetuneConfig:
+    name: str  # run name: outputs go to {output_dir}/{name}/
+    data: DataSection  # the training data
+    output_dir: str = "runs"  # parent folder of runs
+    seed: int = 0  # seed for init, data order and LoRA init
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)  # base CLIP and reward-model spec
+    lora: LoraSection | None = dataclasses.field(default_factory=LoraSection)  # LoRA settings; null = full training
+    loss: LossSection = dataclasses.field(default_factory=LossSection)  # loss weights
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)  # optimizer and schedule
+    trainer: TrainerSection = dataclasses.field(default_factory=TrainerSection)  # steps, hardware, checkpoints
+    logger: Literal["wandb", "csv", "none"] = "wandb"  # W&B (offline unless WANDB_MODE is set), CSV, or none
+    wandb_project: str = "vlmr"  # W&B project
+    resume: bool = True  # continue from checkpoints/last.ckpt when it exists; false = start over
+    save_merged: bool = False  # also write reward_model_merged/ with LoRA merged into full weights
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file and renamed: a killed run never leaves a truncated last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class Throughput(pl.Callback):
+    """Training images per second, data loading included, validation and checkpoint writes excluded."""
+
+    def __init__(self):
+        self.images, self.seconds, self._last = 0, 0.0, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._last is None:  # first batch after start or validation: its loading time is not counted
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self.seconds += now - self._last
+        self.images += len(batch["labels"])
+        self._last = now
+        module.log("train/images_per_s", self.images / max(self.seconds, 1e-9), batch_size=len(batch["labels"]))
+
+    def on_validation_start(self, trainer, module):
+        self._last = None
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        self._last = None
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def resolve_precision(cfg: TrainerSection) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def make_logger(cfg: FinetuneConfig, run_dir: Path):
+    if cfg.logger == "none":
+        return False
+    if cfg.logger == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv")
+    from pytorch_lightning.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_MODE", "offline")  # online only when the user asks for it
+    id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
+    run_id = id_file.read_text().strip() if id_file.is_file() and cfg.resume else ""
+    if not run_id:
+        run_id = secrets.token_hex(4)  # W&B run ids are short lowercase alphanumerics
+        if pl.utilities.rank_zero_only.rank == 0:
+            atomic_write_text(id_file, run_id)
+    return WandbLogger(project=cfg.wandb_project, name=cfg.name, save_dir=str(run_dir), id=run_id, resume="allow")
+
+
+def ddp_batch_limit(dm, split: str, world: int, batch_size: int) -> int:
+    """Batches every rank is sure to have in one pass: shards are split across ranks, and ranks must step together."""
+    sizes = sorted(int(s["samples"]) for s in dm.manifest["splits"][split]["shards"])
+    per_rank = len(sizes) // world
+    if per_rank == 0:
+        raise VlmrError(f"dataset {dm.data_dir} has {len(sizes)} {split} shards for {world} processes; collect with "
+                        f"a smaller shard_size so that every process gets at least one shard")
+    return max(1, sum(sizes[:per_rank]) // batch_size)
+
+
+def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
+    """A random-init base with LoRA must be a file the adapter can reference: save it once, reuse it on resume."""
+    model = cfg.model
+    if model.pretrained or cfg.lora is None or model.arch.startswith(("hf-hub:", "local-dir:")):
+        return model
+    path = run_dir / BASE_INIT_FILE
+    if not path.is_file():
+        from safetensors.torch import save_file
+
+        from finetune.models import create_clip
+
+        torch.manual_seed(cfg.seed)
+        clip, _ = create_clip(model.arch)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    return dataclasses.replace(model, pretrained=str(path))
+
+
+def fmt(x) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def json_safe(obj):
+    """NaN (a metric with no data, e.g. own-goal AUROC on a corpus without missions) -> null."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
+    """Train, validate, export the reward model; returns the summary (also written to summary.json)."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from finetune.datamodule import ShardDataModule
+    from finetune.shards import split_shards
+
+    tc = cfg.trainer
+    run_dir = Path(cfg.output_dir) / cfg.name
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    dm = ShardDataModule(cfg.data.dir, goals=cfg.model.goals, batch_size=cfg.data.batch_size,
+                         num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed)
+    for split in ("train", "val"):
+        split_shards(cfg.data.dir, split, dm.manifest)  # a missing split or shard fails here, not mid-training
+    if last.is_file() and not cfg.resume:
+        print(f"resume=false: starting over; removing the old checkpoints in {ckpt_dir}")
+        shutil.rmtree(ckpt_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model_cfg = prepare_base(cfg, run_dir)
+    module = ClipFinetuneModule(dm.goals, model=dataclasses.asdict(model_cfg),
+                                lora=dataclasses.asdict(cfg.lora) if cfg.lora is not None else None,
+                                loss=dataclasses.asdict(cfg.loss), optim=dataclasses.asdict(cfg.optim),
+                                max_steps=tc.max_steps)
+    info = run_info(config_to_dict(cfg), cfg.seed)
+    logger = make_logger(cfg, run_dir)
+    throughput = Throughput()
+    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, monitor=None,
+                                 every_n_train_steps=tc.checkpoint_every_n_steps, enable_version_counter=False)
+    callbacks = [checkpoint, throughput] + ([LearningRateMonitor("step")] if logger else [])
+    world = (tc.devices if isinstance(tc.devices, int) else 1) * tc.num_nodes
+    trainer = pl.Trainer(
+        max_steps=tc.max_steps if tc.max_steps > 0 else -1, max_epochs=-1,
+        max_time={"minutes": tc.max_minutes} if tc.max_minutes else None,
+        accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes,
+        precision=resolve_precision(tc), logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=tc.grad_clip, log_every_n_steps=tc.log_every_n_steps,
+        check_val_every_n_epoch=None if tc.val_every_n_steps else tc.val_every_n_epochs,
+        val_check_interval=tc.val_every_n_steps, limit_val_batches=tc.limit_val_batches,
+        limit_train_batches=ddp_batch_limit(dm, "train", world, cfg.data.batch_size) if world > 1 else None,
+        num_sanity_val_steps=0, default_root_dir=str(run_dir), enable_model_summary=False,
+        enable_progress_bar=tc.progress_bar if progress is None else progress,
+    )
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / "run.json", info)
+    if logger:
+        logger.log_hyperparams({"run": info})
+    start = time.perf_counter()
+    ckpt_path = str(last) if cfg.resume and last.is_file() else None
+    try:
+        if tc.max_steps > 0:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            trainer.save_checkpoint(str(last))  # the final state, for a later resume with more steps
+        if module.val_step_seen != trainer.global_step or tc.max_steps == 0:
+            trainer.validate(module, datamodule=dm, verbose=False)
+    except NonFiniteLossError as e:
+        where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {where}. Lower optim.lr or enable trainer.grad_clip, "
+                        "then rerun (resume: true continues from the checkpoint).") from None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k.count("/") == 1}
+    summary = {"name": cfg.name, "steps": trainer.global_step, "start_step": module.start_step,
+               "resumed_from": ckpt_path,
+               "train_seconds": round(time.perf_counter() - start, 2), "images_per_s": throughput.rate,
+               "temperature": float(module.reward_temperature().detach()), "val": metrics,
+               "mode": "lora" if cfg.lora is not None else "full", "world_size": trainer.world_size,
+               "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+               "total_params": sum(p.numel() for p in module.clip.parameters()),
+               "reward_model": str(run_dir / "reward_model")}
+    if trainer.is_global_zero:
+        module.cpu()
+        rm = module.to_reward_model(with_adapter=trainer.global_step > 0)
+        rm.save(run_dir / "reward_model", full_weights=cfg.lora is None)
+        if cfg.save_merged and cfg.lora is not None and trainer.global_step > 0:
+            rm.save(run_dir / "reward_model_merged", full_weights=True)
+            summary["reward_model_merged"] = str(run_dir / "reward_model_merged")
+        summary = json_safe(summary)
+        atomic_write_json(run_dir / "summary.json", summary)
+        print(f"finetune {cfg.name}: {summary['steps']} steps, {throughput.rate:.1f} img/s; val mean AUROC "
+              f"{fmt(metrics.get('val/auroc_mean'))}, own-goal AUROC {fmt(metrics.get('val/own_goal_auroc'))}, "
+              f"retrieval top-1 {fmt(metrics.get('val/retrieval_top1'))}; reward model -> {summary['reward_model']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(argv, FinetuneConfig, finetune, "vlmr finetune",
+                      "Adapt a CLIP reward model with LoRA (or train it fully) on frame-caption shards.")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
