@@ -1,0 +1,114 @@
+"""`vlmr compare`: runs every (arm, seed), resumes, shards and aggregates; report, results and plots."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from finetune.files import VlmrError
+from finetune.reward_model import RewardModel
+from rl.compare import CompareConfig, compare
+from rl.goals import family_goals
+
+RL = dict(env_id="BabyAI-GoToObj-v0", total_timesteps=256, num_envs=4, num_steps=64, eval_episodes=4,
+          final_eval_episodes=4, actions=["left", "right", "forward"], progress=False, logger="none", image_size=64)
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return str(RewardModel.create("vlmr-tiny", family_goals("goto")).save(tmp_path_factory.mktemp("rm") / "zs"))
+
+
+def config(tmp_path, rm_dir, **rl):
+    return CompareConfig(out_dir=str(tmp_path / "cmp"), num_seeds=2, reward_models={"zero_shot": {"reward_model": rm_dir}},
+                         rl={**RL, **rl})
+
+
+def mtimes(root):
+    return {p: os.stat(p).st_mtime_ns for p in sorted(root.glob("runs/*/seed-*/result.json"))}
+
+
+def test_compare_runs_resumes_and_reports(tmp_path, rm_dir, capsys):
+    cfg = config(tmp_path, rm_dir)
+    summary = compare(cfg)
+    out = tmp_path / "cmp"
+    assert [a["name"] for a in summary["arms"]] == ["ground_truth", "zero_shot"]
+    for name in ("results.json", "report.md", "success_curves.png", "reward_precision.png"):
+        assert (out / name).is_file(), name
+    assert (out / "success_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    zs = results["arms"][1]
+    assert zs["seeds"] == [0, 1] and len(zs["final_success"]["values"]) == 2
+    assert zs["final_success"]["lo"] <= zs["final_success"]["mean"] <= zs["final_success"]["hi"]
+    assert "precision_curve" in zs and "precision_curve" not in results["arms"][0]
+    report = (out / "report.md").read_text()
+    assert "| ground_truth |" in report and "| zero_shot |" in report and "stand-in" in report
+    # every arm used the same goal embeddings: the zero-shot model's (the first arm with a model)
+    gt_result = json.loads((out / "runs/ground_truth/seed-0/result.json").read_text())
+    assert gt_result["goal_source"] == zs_result_source(out)
+
+    # resume: nothing reruns
+    before = mtimes(out)
+    assert len(before) == 4
+    capsys.readouterr()
+    compare(cfg)
+    assert mtimes(out) == before
+    assert capsys.readouterr().out.count("done, skipped") == 4
+
+    # a changed setting makes the results stale: they rerun
+    compare(config(tmp_path, rm_dir, ent_coef=0.02), arm=["ground_truth"], seed=[1])
+    after = mtimes(out)
+    changed = [p for p in after if after[p] != before[p]]
+    assert [p.parent.parent.name + "/" + p.parent.name for p in changed] == ["ground_truth/seed-1"]
+
+
+def zs_result_source(out):
+    return json.loads((out / "runs/zero_shot/seed-0/result.json").read_text())["goal_source"]
+
+
+def test_shards_then_aggregate(tmp_path, rm_dir, capsys):
+    cfg = config(tmp_path, rm_dir)
+    assert compare(cfg, arm=["zero_shot"], seed=[1]) is None  # a shard writes no report
+    out = tmp_path / "cmp"
+    assert [p.parent.parent.name for p in mtimes(out)] == ["zero_shot"]
+    assert not (out / "report.md").exists()
+    summary = compare(cfg, aggregate_only=True)
+    assert [a["name"] for a in summary["arms"]] == ["zero_shot"]
+    assert {(m["arm"], m["seed"]) for m in summary["missing"]} == {("ground_truth", 0), ("ground_truth", 1),
+                                                                    ("zero_shot", 0)}
+    assert "Missing or stale runs" in (out / "report.md").read_text()
+    with pytest.raises(VlmrError, match="not in the config's arms"):
+        compare(cfg, arm=["adapted"])
+
+
+def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):
+    with pytest.raises(VlmrError, match="no finished runs"):
+        compare(config(tmp_path, rm_dir), aggregate_only=True)
+    from finetune.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"rl": {"reward_model": rm_dir}}))
+    with pytest.raises(VlmrError, match="set per arm"):
+        load_config(CompareConfig, path)
+    path.write_text(yaml.safe_dump({"ground_truth": False}))
+    with pytest.raises(VlmrError, match="no arms"):
+        load_config(CompareConfig, path)
+    cfg = CompareConfig(out_dir=str(tmp_path / "x"), reward_models={"adapted": {"reward_model": str(tmp_path / "nope")}},
+                        rl=RL)
+    with pytest.raises(VlmrError, match="not found"):
+        compare(cfg)
+
+
+def test_cli_shard_and_aggregate(tmp_path, rm_dir):
+    from rl.cli import main
+
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "cmp"), "num_seeds": 1, "rl": {**RL, "goal_encoding":
+                                                                                             "onehot"}}))
+    assert main(["compare", str(path), "--arm", "ground_truth", "--seed", "0"]) == 0
+    assert main(["compare", str(path), "--aggregate"]) == 0
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert results["arms"][0]["name"] == "ground_truth" and results["missing"] == []

@@ -1,0 +1,41 @@
+"""PPO's environments: the render memo is exact, policy observations, canonical missions, quiet resets."""
+
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from rl.babyai import render_frame
+from rl.ppo_envs import MemoRender, make_base_env, make_vector_env, missions
+
+
+@pytest.mark.parametrize("env_id", ["BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-OpenDoorColor-v0"])
+def test_memo_render_returns_exactly_the_fresh_frame(env_id):
+    MemoRender.memo.clear()
+    MemoRender.used_bytes = 0
+    env = make_base_env(env_id, image_size=64)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    hits = 0
+    for _ in range(300):  # turning, walking, picking up, toggling doors: views repeat and change
+        _, _, term, trunc, _ = env.step(int(rng.integers(0, 6)))
+        if term or trunc:
+            env.reset()
+        size = len(MemoRender.memo)
+        frame = env.render()
+        hits += len(MemoRender.memo) == size
+        np.testing.assert_array_equal(frame, render_frame(env.unwrapped, "egocentric", 64))
+    assert hits > 30  # the memo was actually used
+
+
+def test_vector_env_observations_and_missions(capsys):
+    envs = make_vector_env("BabyAI-GoToLocal-v0", 3, AutoresetMode.SAME_STEP, obs_mode="symbolic")
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (3, 7, 7, 3) and obs.dtype == np.uint8
+    assert all(m.startswith("go to the ") for m in missions(envs))  # "go to a red ball" -> "go to the red ball"
+    for _ in range(20):
+        envs.step(np.zeros(3, dtype=np.int64))
+    assert "Sampling rejected" not in capsys.readouterr().out
+    envs.close()
+    pix = make_vector_env("BabyAI-GoToObj-v0", 2, AutoresetMode.SAME_STEP, obs_mode="pixels")
+    assert pix.reset(seed=0)[0].shape == (2, 56, 56, 3)
+    pix.close()
