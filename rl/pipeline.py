@@ -1,0 +1,296 @@
+"""`vlmr pipeline CONFIG`: the whole chain, skipping every stage whose outputs are complete and current.
+
+    vlmr pipeline configs/pipeline/babyai_demo.yaml                 # what `make demo` runs
+    vlmr pipeline configs/pipeline/babyai_demo.yaml --force calibrate_adapted
+    vlmr pipeline configs/pipeline/crafter.yaml
+
+Stages: collect the shapes corpus and the domain data; pretrain the base CLIP on
+shapes (full training); export the zero-shot reward model (base weights, domain
+goal set, no training); LoRA-adapt the base on the domain; LoRA-adapt a randomly
+initialised model (the control arm); calibrate each reward model; `vlmr evaluate`
+them side by side; `vlmr compare` them with PPO; write runs/<name>/report.md.
+
+A stage is skipped when runs/<name>/pipeline/<stage>.json records the same
+fingerprint (its config plus the identities of its inputs) and its outputs are
+still valid. A stage whose config or inputs changed is rerun, and so is
+everything downstream of it, because the fingerprints chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune.config import build_config, config_dataclass, load_config
+from finetune.files import (
+    VlmrError,
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    read_json,
+    sha256_text,
+)
+
+
+@config_dataclass
+class StageSection:
+    config: str  # the stage's own YAML config
+    set: dict[str, Any] = dataclasses.field(default_factory=dict)  # values merged over that YAML (nested mappings)
+
+
+@config_dataclass
+class PipelineConfig:
+    name: str  # run name: outputs go to {runs_dir}/{name}/
+    shapes: StageSection  # collection of the generic shapes corpus (configs/data/shapes.yaml)
+    domain: StageSection  # collection of the in-domain data (configs/data/babyai_goto.yaml)
+    base: StageSection  # full pretraining of the base CLIP on shapes (configs/finetune/base_shapes_full.yaml)
+    adapt: StageSection  # LoRA adaptation on the domain (configs/finetune/babyai_lora.yaml)
+    calibrate: StageSection  # calibration of every reward model (configs/calibrate/babyai.yaml)
+    compare: StageSection | None = None  # PPO A/B comparison (configs/rl/compare_babyai.yaml); null = skip
+    runs_dir: str = "runs"  # parent folder of the run
+    data_dir: str = "data"  # parent folder of the datasets
+    arch: str = "vlmr-small"  # architecture of every model in the chain
+    image_size: int = 112  # frame size, the architecture's input size
+    workers: int = 1  # collection processes
+    control: bool = True  # also adapt a randomly initialised model, to separate pretraining from adaptation
+    goal_templates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # prompts per goal family,
+    # with {color} and {type} ("a {color} {type} right in front of you"); every reward model uses them
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_config(cls, section: StageSection, wiring: dict, what: str):
+    """The stage's YAML, with the pipeline's `set` values and then its wiring (paths between stages) on top."""
+    path = Path(section.config)
+    if not path.is_file():
+        raise VlmrError(f"pipeline stage {what}: config file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    return build_config(cls, deep_merge(deep_merge(data, section.set), wiring), f"{path} (pipeline stage {what})")
+
+
+class StageRunner:
+    """Runs stages in order; records each one's fingerprint, wall time and one-line summary."""
+
+    def __init__(self, run_dir: Path, force: set[str]):
+        self.state_dir = run_dir / "pipeline"
+        self.force = force
+        self.rows: list[dict] = []
+
+    def run(self, name: str, fingerprint: dict, valid: Callable[[], bool], body: Callable[[], str]) -> str:
+        fp = sha256_text(canonical_json(fingerprint))
+        marker = self.state_dir / f"{name}.json"
+        if name not in self.force and marker.is_file():
+            old = read_json(marker, "pipeline stage record")
+            if old.get("fingerprint") == fp and _safe(valid):
+                print(f"[{name}] up to date, skipped ({old.get('summary', '')})", flush=True)
+                self.rows.append({**old, "stage": name, "skipped": True})
+                return fp
+        print(f"[{name}] running", flush=True)
+        t0 = time.perf_counter()
+        summary = body()
+        row = {"stage": name, "fingerprint": fp, "summary": summary, "wall_s": round(time.perf_counter() - t0, 1)}
+        atomic_write_json(marker, row)
+        print(f"[{name}] done in {row['wall_s']:.0f} s: {summary}", flush=True)
+        self.rows.append({**row, "skipped": False})
+        return fp
+
+
+def _safe(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except (VlmrError, OSError, ValueError, KeyError):
+        return False
+
+
+def dataset_valid(path: Path) -> bool:
+    from finetune.shards import SPLITS, read_manifest, split_shards
+
+    manifest = read_manifest(path)
+    return all(split_shards(path, s, manifest) for s in SPLITS)
+
+
+def reward_model_valid(path: Path) -> bool:
+    return (path / "reward_model.json").is_file()
+
+
+def pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> Path:
+    from calibrate.evaluate import evaluate
+    from calibrate.fit import CalibrateConfig, calibrate
+    from finetune.files import sha256_file
+    from finetune.train import FinetuneConfig, finetune
+    from rl.collect import CollectConfig, collect
+
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    runner = StageRunner(run_dir, set(force))
+    t_start = time.perf_counter()
+
+    # ---- data: the generic corpus and the domain, rendered at the model's input size
+    data = {}
+    for key, section in (("shapes", cfg.shapes), ("domain", cfg.domain)):
+        out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
+        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": cfg.image_size,
+                                                     "overwrite": True}, f"collect_{key}")
+
+        def body(ccfg=ccfg):
+            manifest = read_json(Path(collect(ccfg, resume=True, workers=cfg.workers)) / "manifest.json")
+            counts = "/".join(str(manifest["splits"][s]["samples"]) for s in ("train", "val", "test"))
+            return f"{manifest['name']}: {counts} train/val/test frames, {len(manifest['goals'])} goals"
+
+        runner.run(f"collect_{key}", dataclasses.asdict(ccfg), lambda out=out: dataset_valid(out), body)
+        data[key] = out
+    manifest_sha = {k: sha256_file(v / "manifest.json") for k, v in data.items()}
+
+    # ---- models: base pretraining, zero-shot export, LoRA adaptation, random-init control
+    def train_stage(stage: str, section: StageSection, wiring: dict, inputs: dict) -> Path:
+        fcfg = stage_config(FinetuneConfig, section, {"name": f"{cfg.name}/{stage}", "output_dir": cfg.runs_dir,
+                                                      **wiring}, stage)
+        rm_dir = run_dir / stage / "reward_model"
+
+        def body():
+            s = finetune(fcfg, progress=False)
+            val = s.get("val", {})
+            auroc = val.get("val/own_goal_auroc", val.get("val/auroc_mean"))
+            return (f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val AUROC "
+                    f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
+
+        runner.run(stage, {"config": dataclasses.asdict(fcfg), "inputs": inputs},
+                   lambda: reward_model_valid(rm_dir), body)
+        return rm_dir
+
+    base_dir = train_stage("base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,
+                                              "model": {"arch": cfg.arch, "pretrained": None}},
+                           {"shapes": manifest_sha["shapes"]})
+    base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
+    from rl.goals import goal_prompts
+
+    domain_goals = read_json(data["domain"] / "manifest.json")["goals"]
+    prompts = goal_prompts(domain_goals, cfg.goal_templates)
+    domain_hashes = {"domain": manifest_sha["domain"], "base": sha256_file(base_ckpt)}
+
+    def on_domain(pretrained: str | None, **extra) -> dict:
+        """Wiring shared by the domain models: same data, architecture and prompts; only the init differs."""
+        return {"data": {"dir": str(data["domain"])}, **extra,
+                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts}}
+
+    models = {"zero_shot": train_stage("zero_shot", cfg.adapt, on_domain(base_ckpt, trainer={"max_steps": 0}),
+                                       domain_hashes),
+              "adapted": train_stage("adapted", cfg.adapt, on_domain(base_ckpt), domain_hashes)}
+    if cfg.control:
+        models["control"] = train_stage("control", cfg.adapt, on_domain(None), {"domain": manifest_sha["domain"]})
+
+    # ---- calibration of each reward model on the domain's val split, metrics on test
+    from finetune.reward_model import reward_model_id
+
+    cal_reports = {}
+    for arm, rm_dir in models.items():
+        kcfg = stage_config(CalibrateConfig, cfg.calibrate, {"reward_model": str(rm_dir), "data": str(data["domain"]),
+                                                             "out": None}, f"calibrate_{arm}")
+
+        def body(kcfg=kcfg):
+            own = calibrate(kcfg, progress=False)["metrics"]["macro"]["own_goal"] or {}
+            return ("own-goal test precision {:.3f} recall {:.3f} AUROC {}".format(
+                own.get("precision") or 0, own.get("recall") or 0,
+                "n/a" if own.get("auroc") is None else f"{own['auroc']:.3f}"))
+
+        runner.run(f"calibrate_{arm}", {"config": dataclasses.asdict(kcfg), "model": reward_model_id(rm_dir),
+                                        "domain": manifest_sha["domain"]},
+                   lambda rm_dir=rm_dir: _calibration_current(rm_dir), body)
+        cal_reports[arm] = rm_dir / "calibration" / "report.md"
+
+    # ---- offline A/B: every reward model on the domain's test split
+    eval_json = run_dir / "evaluate" / "results.json"
+    model_list = [{"dir": str(d), "calibration": str(d / "calibration.json"), "name": arm} for arm, d in models.items()]
+
+    def eval_body():
+        res = evaluate(model_list, str(data["domain"]), "test", out=str(eval_json), progress=False)
+        own = {m["name"]: (m["metrics"]["macro"]["own_goal"] or {}).get("auroc") for m in res["models"]}
+        return "own-goal AUROC " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in own.items())
+
+    runner.run("evaluate", {"models": {arm: reward_model_id(d) for arm, d in models.items()},
+                            "calibrations": {arm: sha256_file(d / "calibration.json") for arm, d in models.items()},
+                            "domain": manifest_sha["domain"]}, eval_json.is_file, eval_body)
+
+    # ---- RL: PPO agents on each reward, judged on ground-truth success
+    compare_report = None
+    if cfg.compare is not None:
+        compare_report = run_compare(cfg, runner, run_dir, models)
+
+    report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,
+                                time.perf_counter() - t_start)
+    print(f"pipeline {cfg.name}: {len(runner.rows)} stages in {time.perf_counter() - t_start:.0f} s; report: {report}")
+    return report
+
+
+def _calibration_current(rm_dir: Path) -> bool:
+    from finetune.calibration_file import read_calibration
+    from finetune.reward_model import reward_model_id
+
+    read_calibration(rm_dir / "calibration.json", model_id=reward_model_id(rm_dir))
+    return True
+
+
+def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path]) -> Path:
+    from finetune.files import sha256_file
+    from finetune.reward_model import reward_model_id
+    from rl.compare import CompareConfig, compare
+
+    out = run_dir / "compare"
+    arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
+    ccfg = stage_config(CompareConfig, cfg.compare, {"out_dir": str(out), "reward_models": arms}, "compare")
+
+    def body():
+        res = compare(ccfg)
+        return "final success " + ", ".join(f"{a['name']} {a['final_success_mean']:.2f}" for a in res["arms"])
+
+    runner.run("compare", {"config": dataclasses.asdict(ccfg),
+                           "models": {arm: reward_model_id(d) for arm, d in models.items()},
+                           "calibrations": {arm: sha256_file(d / "calibration.json") for arm, d in models.items()}},
+               lambda: (out / "results.json").is_file(), body)
+    return out / "report.md"
+
+
+def write_final_report(cfg, run_dir: Path, rows: list[dict], cal_reports: dict, eval_json: Path,
+                       compare_report: Path | None, seconds: float) -> Path:
+    from calibrate.report import comparison_table
+
+    lines = [f"# vlmr pipeline: {cfg.name}", "",
+             "The base CLIP here was pretrained by vlmr on a synthetic corpus of captioned shapes. It is a stand-in "
+             "for web-scale CLIP, not a claim about it.", "",
+             "## Stages", "", "| stage | wall s | skipped | summary |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r.get('wall_s', 0):.0f} | {'yes' if r['skipped'] else 'no'} | {r['summary']} |"
+              for r in rows]
+    lines += ["", f"Total wall time of this invocation: {seconds:.0f} s.", "", "## Reward quality (test split)", ""]
+    lines += ["```", comparison_table(read_json(eval_json)["models"]), "```", ""]
+    lines += [f"- calibration report, {arm}: [{p.relative_to(run_dir)}]({p.relative_to(run_dir)})"
+              for arm, p in cal_reports.items()]
+    if compare_report is not None:
+        rel = compare_report.relative_to(run_dir)
+        lines += ["", "## Agents (ground-truth success)", "", f"See [{rel}]({rel}).", ""]
+        if compare_report.is_file():
+            lines += [compare_report.read_text()]
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlmr pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="pipeline YAML (configs/pipeline/...)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
+    parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even if up to date")
+    args = parser.parse_args(argv)
+    pipeline(load_config(PipelineConfig, args.config, args.overrides), set(args.force))
+    return 0

@@ -1,0 +1,66 @@
+"""`vlmr pipeline` end to end on vlmr-tiny with minimal budgets: outputs, stage skipping, and reruns."""
+
+import json
+
+import yaml
+
+from finetune.config import load_config
+from rl.pipeline import PipelineConfig, pipeline
+
+
+def write_config(tmp_path, adapt_steps: int) -> str:
+    cfg = {
+        "name": "smoke", "runs_dir": str(tmp_path / "runs"), "data_dir": str(tmp_path / "data"),
+        "arch": "vlmr-tiny", "image_size": 64, "control": False,
+        "goal_templates": {"goto": ["a {color} {type} right in front of you"]},
+        "shapes": {"config": "configs/data/shapes.yaml",
+                   "set": {"frames": {"train": 128, "val": 32, "test": 32}, "shard_size": 64}},
+        "domain": {"config": "configs/data/babyai_goto.yaml",
+                   "set": {"frames": {"train": 192, "val": 96, "test": 96}, "shard_size": 96}},
+        "base": {"config": "configs/finetune/base_shapes_full.yaml",
+                 "set": {"trainer": {"max_steps": 2, "progress_bar": False, "val_every_n_epochs": 1},
+                         "data": {"batch_size": 32}, "logger": "none"}},
+        "adapt": {"config": "configs/finetune/babyai_lora.yaml",
+                  "set": {"trainer": {"max_steps": adapt_steps, "progress_bar": False},
+                          "data": {"batch_size": 32}, "logger": "none"}},
+        "calibrate": {"config": "configs/calibrate/babyai_goto.yaml", "set": {"logger": "none", "plots": False}},
+        "compare": {"config": "configs/rl/compare_babyai.yaml",
+                    "set": {"num_seeds": 1, "bootstrap_samples": 200,
+                            "rl": {"total_timesteps": 256, "num_envs": 4, "num_steps": 32, "eval_every": 100,
+                                   "eval_episodes": 2, "final_eval_episodes": 4, "logger": "none"}}},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def stage_records(tmp_path) -> dict:
+    folder = tmp_path / "runs" / "smoke" / "pipeline"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
+    report = pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))
+    text = report.read_text()
+    assert "stand-in for web-scale CLIP" in text and "zero_shot" in text and "adapted" in text
+    first = stage_records(tmp_path)
+    assert set(first) == {"collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "calibrate_zero_shot",
+                          "calibrate_adapted", "evaluate", "compare"}
+    results = json.loads((tmp_path / "runs" / "smoke" / "compare" / "results.json").read_text())
+    assert {a["name"] for a in results["arms"]} == {"ground_truth", "zero_shot", "adapted"}
+    spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
+    assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
+
+    capsys.readouterr()
+    pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))
+    out = capsys.readouterr().out
+    assert out.count("up to date, skipped") == len(first)
+
+    # a changed adaptation config reruns adaptation and everything downstream of it, nothing upstream
+    pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=3)))
+    out = capsys.readouterr().out
+    for stage in ("collect_shapes", "collect_domain", "base", "zero_shot", "calibrate_zero_shot"):
+        assert f"[{stage}] up to date, skipped" in out
+    for stage in ("adapted", "calibrate_adapted", "evaluate", "compare"):
+        assert f"[{stage}] running" in out
+    assert stage_records(tmp_path)["adapted"]["fingerprint"] != first["adapted"]["fingerprint"]
