@@ -68,8 +68,8 @@ def bench_cache(image_size: int = 64, steps: int = 2000, num_envs: int = 8, arch
     with_cache = [cached.score(f, g) for f, g in batches]
     cached_s = time.perf_counter() - t0
     vec.close()
-    hits, misses = cached.cache.hits, cached.cache.misses
-    return {"env_id": env_id, "arch": arch, "frames": len(batches) * num_envs, "hit_rate": hits / max(1, hits + misses),
+    return {"env_id": env_id, "arch": arch, "frames": len(batches) * num_envs,
+            "hit_rate": cached.cache_stats["hit_rate"],
             "speedup": plain_s / cached_s,
             "identical_rewards": all(np.array_equal(a, b) for a, b in zip(without, with_cache))}
 

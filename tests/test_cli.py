@@ -57,3 +57,11 @@ def test_score_errors_are_one_line_messages(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "rl.cli", "models"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "vlmr-small" in out.stdout
+
+
+def test_score_a_shard(babyai_dataset, capsys):
+    shard = sorted(babyai_dataset.glob("test-*.tar"))[0]
+    assert main(["score", "--arch", "vlmr-tiny", "--goal", "go to the red ball", "--limit", "5", "--json",
+                 str(shard)]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert len(results) == 5 and all(r["input"].startswith(shard.name + ":") for r in results)

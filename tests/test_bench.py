@@ -1,0 +1,19 @@
+"""`vlmr bench` pieces that are cheap enough for the fast suite (the full run is `make bench`)."""
+
+from rl.bench import bench_cache, goal_lines
+
+
+def test_frame_cache_bench_gives_identical_rewards_and_hits():
+    out = bench_cache(steps=64, num_envs=4)
+    assert out["identical_rewards"] is True
+    assert 0.0 < out["hit_rate"] < 1.0 and out["frames"] == 64
+
+
+def test_goal_lines_report_met_and_missed_goals():
+    results = {"reward": [{"arch": "vlmr-tiny", "rows": [{"batch_size": 64, "batched_over_limit": 0.95,
+                                                          "batched_over_naive": 2.0}]}],
+               "rl": {"ratio": {"vlm": 0.1, "vlm_cache": 0.6}}}
+    lines = "\n".join(goal_lines(results))
+    assert "batched/limit at batch 64: 0.95 (goal >= 0.9) met" in lines
+    assert "batched/naive at batch 64: 2.00 (goal >= 2.5) NOT met" in lines
+    assert "ground truth: 0.10 (goal >= 0.5) NOT met" in lines
