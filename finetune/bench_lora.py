@@ -13,8 +13,9 @@ numbers. A step is exactly the training step of `vlmr finetune` (ClipFinetuneMod
 contrastive + goal loss, AdamW), on random frames at the model's input size.
 
 Peak memory. GPU: `torch.cuda.max_memory_allocated` over the measured steps.
-CPU: the process's peak resident set size (`getrusage(RUSAGE_SELF).ru_maxrss`, the
-kernel's high-water mark) minus the resident size after imports, before the model is
+CPU: the process's peak resident set size (VmHWM in /proc/self/status, the kernel's
+high-water mark of this address space; not getrusage's ru_maxrss, which a subprocess inherits
+from the parent it was forked from, across exec) minus the resident size after imports, before the model is
 built; so it counts weights, gradients, optimizer state and activations. The memory
 run of each arm sets MALLOC_MMAP_THRESHOLD_=65536, so glibc maps every tensor over
 64 KiB separately and unmaps it when freed: the resident size then follows live memory
@@ -40,6 +41,11 @@ GOALS = [f"go to the {c} {t}" for c in ("red", "green", "blue", "purple", "yello
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def measure_arm(arch: str, mode: str, batch_size: int, steps: int, device: str = "cpu", rank: int = 8,
@@ -87,7 +93,7 @@ def measure_arm(arch: str, mode: str, batch_size: int, steps: int, device: str =
     if device.startswith("cuda"):
         peak, how = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:
-        peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before, "peak RSS - RSS after imports"
+        peak, how = _peak_rss_bytes() - rss_before, "peak RSS (VmHWM) - RSS after imports"
     params = sum(p.numel() for n, p in module.clip.named_parameters() if "lora_" not in n)
     trainable = sum(p.numel() for p in module.clip.parameters() if p.requires_grad)
     return {"arch": arch, "mode": mode, "device": device, "batch_size": batch_size, "steps": steps,

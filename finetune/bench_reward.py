@@ -2,7 +2,8 @@
 
     python -m finetune.bench_reward --models vlmr-tiny vlmr-small --batch-sizes 1 16 64 256
 
-Three arms, timed side by side in one process so that the ratios are fair on a noisy machine:
+Three arms, timed side by side in one process so that the ratios are fair on a noisy machine
+(batched and limit alternate call by call; medians):
 - batched: RewardModel.reward on uint8 frames (preprocessing on tensors, cached text embeddings);
 - limit:   model.encode_image on pre-made normalised tensors (text is cached, so this bounds us);
 - naive:   what a typical user script does: PIL preprocess per frame, encode_image and
@@ -31,6 +32,18 @@ def timed(fn, min_seconds: float, min_calls: int = 2) -> float:
         fn()
         calls += 1
     return (time.perf_counter() - start) / calls
+
+
+def timed_pair(fn_a, fn_b, min_seconds: float, min_rounds: int = 5) -> tuple[float, float]:
+    """Median seconds per call of fn_a and fn_b, called alternately so that machine noise hits both alike."""
+    fn_a(), fn_b()
+    a, b, start = [], [], time.perf_counter()
+    while len(a) < min_rounds or time.perf_counter() - start < 2 * min_seconds:
+        for fn, out in ((fn_a, a), (fn_b, b)) if len(a) % 2 == 0 else ((fn_b, b), (fn_a, a)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return float(np.median(a)), float(np.median(b))
 
 
 def reward_throughput(arch: str, batch_sizes=(1, 16, 64, 256), frame_size: int | None = None,
@@ -62,9 +75,11 @@ def reward_throughput(arch: str, batch_sizes=(1, 16, 64, 256), frame_size: int |
     naive_s = timed(lambda: [naive_one(i) for i in range(naive_frames)], min_seconds) / naive_frames
     rows = []
     for bs in batch_sizes:
-        batched_s = timed(lambda: rm.reward(frames[:bs], goal_ids[:bs]), min_seconds)  # noqa: B023
-        with torch.inference_mode():
-            limit_s = timed(lambda: rm.clip.encode_image(pixels[:bs]), min_seconds)  # noqa: B023
+        def limit(bs=bs):
+            with torch.inference_mode():
+                rm.clip.encode_image(pixels[:bs])
+
+        batched_s, limit_s = timed_pair(lambda bs=bs: rm.reward(frames[:bs], goal_ids[:bs]), limit, min_seconds)
         rows.append({"batch_size": bs, "batched_fps": bs / batched_s, "limit_fps": bs / limit_s,
                      "naive_fps": 1 / naive_s, "batched_over_limit": limit_s / batched_s,
                      "batched_over_naive": naive_s * bs / batched_s})

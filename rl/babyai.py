@@ -193,11 +193,15 @@ class BabyAISource:
     name = "babyai"
 
     def __init__(self, env_id: str, view: str = "egocentric", image_size: int = 64, goals: list[str] | None = None,
-                 max_steps: int = 64, noise: float = 0.2, linger: int = 3, mission_in_goals: bool = True):
+                 max_steps: int = 64, noise: float = 0.2, linger: int = 3, mission_in_goals: bool = True,
+                 env_mix: list[str] | tuple[str, ...] = ()):
         if not env_id:
             raise VlmrError(f"source babyai needs env_id; supported: {', '.join(ENVS)}")
-        self.env = make_env(env_id, view, image_size)
-        self.env_id, self.view, self.image_size = env_id, view, image_size
+        # episode k runs env (k mod n) of [env_id, *env_mix]: one dataset can cover several tasks' states,
+        # e.g. GoToLocal's distractor-rich rooms and the single-object rooms an agent trains in
+        self.env_ids = [env_id, *env_mix]
+        self.envs = {e: make_env(e, view, image_size) for e in self.env_ids}
+        self.view, self.image_size = view, image_size
         self.goals = list(goals) if goals else goal_set(env_id)
         for g in self.goals:
             parse_goal(g)
@@ -216,9 +220,11 @@ class BabyAISource:
     def episode(self, env_seed: int):
         from minigrid.utils.baby_ai_bot import BabyAIBot
 
+        self.env_id = self.env_ids[env_seed % len(self.env_ids)]
+        env = self.envs[self.env_id]
         with contextlib.redirect_stdout(io.StringIO()):
-            self.env.reset(seed=env_seed)
-        u = self.env.unwrapped
+            env.reset(seed=env_seed)
+        u = env.unwrapped
         self.mission = canonical_mission(u.mission) or u.mission
         if self.mission_in_goals and self.mission not in self.goal_index:
             return

@@ -108,11 +108,11 @@ def run_sections(sections, quick: bool) -> dict:
         elif name == "cache":
             results[name] = bench_cache(steps=800 if quick else 4000)
         elif name == "rl":
-            results[name] = bench_rl(steps=2048 if quick else 10240)
+            results[name] = bench_rl(steps=6144 if quick else 10240)
         elif name == "lora":
             results[name] = bench_lora(("vlmr-small",) if quick else ("vlmr-small", "ViT-B-32"), steps=2 if quick else 4)
         elif name == "collection":
-            results[name] = bench_collection(1500 if quick else 6000)
+            results[name] = bench_collection(3000 if quick else 6000)
         print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
     return results
 

@@ -5,7 +5,7 @@
     vlmr collect configs/data/babyai_goto.yaml
     vlmr finetune configs/finetune/babyai_lora.yaml max_steps=200
     vlmr calibrate configs/calibrate/babyai.yaml
-    vlmr evaluate ...   vlmr compare ...   vlmr pipeline ...   vlmr bench ...
+    vlmr evaluate ...   vlmr compare ...   vlmr pipeline ...   vlmr scaling ...   vlmr bench ...
 
 Each stage is `module:function(argv)`, imported only when its command runs so
 that `vlmr --help` stays fast. The CLI lives in `rl/` because `rl` is the top of
@@ -28,6 +28,7 @@ COMMANDS = {
     "rl": ("rl.ppo:main", "train one PPO agent on a reward"),
     "compare": ("rl.compare:main", "A/B comparison of rewards with PPO agents"),
     "pipeline": ("rl.pipeline:main", "run the whole chain, skipping finished stages"),
+    "scaling": ("rl.scaling:main", "reward quality against model size: one chain per size"),
     "bench": ("rl.bench:main", "throughput and cost benchmarks"),
 }
 

@@ -54,6 +54,7 @@ class CollectConfig:
     source: str = "shapes"  # shapes | babyai | crafter
     out_dir: str = "data/shapes"  # folder for {split}-NNNNNN.tar shards and manifest.json
     env_id: str = ""  # environment id for source=babyai (e.g. BabyAI-GoToLocal-v0); crafter ignores it
+    env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
     goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals)
     view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | topdown (whole grid)
     image_size: int = 64  # frame side in pixels, the reward model's input size
@@ -79,7 +80,7 @@ def make_source(cfg: CollectConfig):
         from rl.babyai import BabyAISource
 
         return BabyAISource(cfg.env_id, cfg.view, cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise, cfg.linger,
-                            cfg.mission_in_goals)
+                            cfg.mission_in_goals, cfg.env_mix)
     if cfg.source == "crafter":
         from rl.crafter_env import CrafterSource
 

@@ -2,6 +2,7 @@
 
     vlmr pipeline configs/pipeline/babyai_demo.yaml                 # what `make demo` runs
     vlmr pipeline configs/pipeline/babyai_demo.yaml --force calibrate_adapted
+    vlmr pipeline configs/pipeline/babyai_demo.yaml --stop-after base  # data and base model only
     vlmr pipeline configs/pipeline/crafter.yaml
 
 Stages: collect the shapes corpus and the domain data; pretrain the base CLIP on
@@ -62,6 +63,13 @@ class PipelineConfig:
     control: bool = True  # also adapt a randomly initialised model, to separate pretraining from adaptation
     goal_templates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # prompts per goal family,
     # with {color} and {type} ("a {color} {type} right in front of you"); every reward model uses them
+    base_pretrained: str | None = None  # a base CLIP to start from instead of pretraining one on shapes: an
+    # open_clip tag of `arch` ("openai", "laion2b_s34b_b79k") or a checkpoint file (e.g. another chain's
+    # base); skips the shapes stages
+
+
+STAGES = ("collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "control", "calibrate_zero_shot",
+          "calibrate_adapted", "calibrate_control", "evaluate", "compare")
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -86,9 +94,10 @@ def stage_config(cls, section: StageSection, wiring: dict, what: str):
 class StageRunner:
     """Runs stages in order; records each one's fingerprint, wall time and one-line summary."""
 
-    def __init__(self, run_dir: Path, force: set[str]):
+    def __init__(self, run_dir: Path, force: set[str], stop_after: str | None = None):
         self.state_dir = run_dir / "pipeline"
         self.force = force
+        self.stop_after = stop_after
         self.rows: list[dict] = []
 
     def run(self, name: str, fingerprint: dict, valid: Callable[[], bool], body: Callable[[], str]) -> str:
@@ -99,6 +108,7 @@ class StageRunner:
             if old.get("fingerprint") == fp and _safe(valid):
                 print(f"[{name}] up to date, skipped ({old.get('summary', '')})", flush=True)
                 self.rows.append({**old, "stage": name, "skipped": True})
+                self._maybe_stop(name)
                 return fp
         print(f"[{name}] running", flush=True)
         t0 = time.perf_counter()
@@ -107,7 +117,16 @@ class StageRunner:
         atomic_write_json(marker, row)
         print(f"[{name}] done in {row['wall_s']:.0f} s: {summary}", flush=True)
         self.rows.append({**row, "skipped": False})
+        self._maybe_stop(name)
         return fp
+
+    def _maybe_stop(self, name: str) -> None:
+        if name == self.stop_after:
+            raise StopPipeline(name)
+
+
+class StopPipeline(Exception):
+    """Raised after the stage named by --stop-after."""
 
 
 def _safe(check: Callable[[], bool]) -> bool:
@@ -128,7 +147,16 @@ def reward_model_valid(path: Path) -> bool:
     return (path / "reward_model.json").is_file()
 
 
-def pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> Path:
+def pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), stop_after: str | None = None) -> Path | None:
+    """Run the chain; returns the final report, or None when stopped early by `stop_after`."""
+    try:
+        return _pipeline(cfg, force, stop_after)
+    except StopPipeline as stop:
+        print(f"pipeline {cfg.name}: stopped after stage {stop}, as asked")
+        return None
+
+
+def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> Path:
     from calibrate.evaluate import evaluate
     from calibrate.fit import CalibrateConfig, calibrate
     from finetune.files import sha256_file
@@ -136,12 +164,13 @@ def pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> Path:
     from rl.collect import CollectConfig, collect
 
     run_dir = Path(cfg.runs_dir) / cfg.name
-    runner = StageRunner(run_dir, set(force))
+    runner = StageRunner(run_dir, set(force), stop_after)
     t_start = time.perf_counter()
 
-    # ---- data: the generic corpus and the domain, rendered at the model's input size
+    # ---- data: the generic corpus (unless the base comes ready-made) and the domain, at the model's input size
     data = {}
-    for key, section in (("shapes", cfg.shapes), ("domain", cfg.domain)):
+    sources = (("domain", cfg.domain),) if cfg.base_pretrained else (("shapes", cfg.shapes), ("domain", cfg.domain))
+    for key, section in sources:
         out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
         ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": cfg.image_size,
                                                      "overwrite": True}, f"collect_{key}")
@@ -172,15 +201,26 @@ def pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> Path:
                    lambda: reward_model_valid(rm_dir), body)
         return rm_dir
 
-    base_dir = train_stage("base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,
-                                              "model": {"arch": cfg.arch, "pretrained": None}},
-                           {"shapes": manifest_sha["shapes"]})
-    base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
+    if cfg.base_pretrained:
+        base_ckpt = cfg.base_pretrained
+        is_file = Path(base_ckpt).is_file()
+        if is_file:
+            base_ckpt = str(Path(base_ckpt).resolve())
+        elif "/" in base_ckpt or base_ckpt.endswith((".safetensors", ".pt", ".bin")):
+            raise VlmrError(f"pipeline {cfg.name}: base_pretrained={cfg.base_pretrained!r} is not a file; run the "
+                            "chain that makes it first, or give an open_clip tag / hf-hub id, or null to pretrain")
+        base_identity = sha256_file(base_ckpt) if is_file else base_ckpt
+    else:
+        base_dir = train_stage("base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,
+                                                  "model": {"arch": cfg.arch, "pretrained": None}},
+                               {"shapes": manifest_sha["shapes"]})
+        base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
+        base_identity = sha256_file(base_ckpt)
     from rl.goals import goal_prompts
 
     domain_goals = read_json(data["domain"] / "manifest.json")["goals"]
     prompts = goal_prompts(domain_goals, cfg.goal_templates)
-    domain_hashes = {"domain": manifest_sha["domain"], "base": sha256_file(base_ckpt)}
+    domain_hashes = {"domain": manifest_sha["domain"], "base": base_identity}
 
     def on_domain(pretrained: str | None, **extra) -> dict:
         """Wiring shared by the domain models: same data, architecture and prompts; only the init differs."""
@@ -291,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="pipeline YAML (configs/pipeline/...)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even if up to date")
+    parser.add_argument("--stop-after", metavar="STAGE", choices=STAGES, help="stop once this stage is done")
     args = parser.parse_args(argv)
-    pipeline(load_config(PipelineConfig, args.config, args.overrides), set(args.force))
+    pipeline(load_config(PipelineConfig, args.config, args.overrides), set(args.force), args.stop_after)
     return 0

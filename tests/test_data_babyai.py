@@ -144,3 +144,15 @@ def test_bot_episode_reaches_the_goal_with_no_noise():
         if frames:
             hits += frames[-1][1]["labels"][frames[-1][1]["mission"]]
     assert hits >= 7
+
+
+def test_env_mix_takes_turns_and_records_each_frames_env():
+    src = babyai.BabyAISource("BabyAI-GoToLocal-v0", image_size=64, env_mix=["BabyAI-GoToObj-v0"], max_steps=4)
+    seen = {}
+    for seed in range(8):
+        for _, meta in src.episode(seed):
+            seen.setdefault(meta["env"], set()).add(seed % 2)
+            assert set(meta["labels"]) == set(babyai.goal_set("BabyAI-GoToLocal-v0"))
+    assert seen == {"BabyAI-GoToLocal-v0": {0}, "BabyAI-GoToObj-v0": {1}}
+    with pytest.raises(VlmrError, match="BabyAI-Foo-v0"):
+        babyai.BabyAISource("BabyAI-GoToLocal-v0", env_mix=["BabyAI-Foo-v0"])

@@ -56,6 +56,10 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == len(first)
 
+    assert pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)), stop_after="base") is None
+    out = capsys.readouterr().out
+    assert "stopped after stage base" in out and "[base] up to date" in out and "[zero_shot]" not in out
+
     # a changed adaptation config reruns adaptation and everything downstream of it, nothing upstream
     pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=3)))
     out = capsys.readouterr().out
@@ -64,3 +68,25 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     for stage in ("adapted", "calibrate_adapted", "evaluate", "compare"):
         assert f"[{stage}] running" in out
     assert stage_records(tmp_path)["adapted"]["fingerprint"] != first["adapted"]["fingerprint"]
+
+
+def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
+    from rl.scaling import ScalingConfig, scaling
+
+    path = tmp_path / "scaling.yaml"
+    path.write_text(yaml.safe_dump({"name": "study", "pipeline": write_config(tmp_path, adapt_steps=2),
+                                    "runs_dir": str(tmp_path / "runs"),
+                                    "models": [{"arch": "vlmr-tiny", "image_size": 64}],
+                                    "set": {"compare": None}}))
+    report = scaling(load_config(ScalingConfig, str(path)))
+    results = json.loads((tmp_path / "runs/study/results.json").read_text())
+    (row,) = results["rows"]
+    import open_clip
+
+    expected = sum(p.numel() for p in open_clip.create_model("vlmr-tiny").parameters())
+    assert row["params"] == expected
+    assert set(row["arms"]) == {"zero_shot", "adapted"}
+    assert 0.0 <= row["arms"]["adapted"]["auroc"] <= 1.0
+    assert (tmp_path / "runs/study/scaling.png").stat().st_size > 1000
+    assert "vlmr-tiny" in report.read_text()
+    assert (tmp_path / "runs/study_vlmr-tiny/pipeline/base.json").is_file()
