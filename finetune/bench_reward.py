@@ -9,7 +9,9 @@ Three arms, timed side by side in one process so that the ratios are fair on a n
 - naive:   what a typical user script does: PIL preprocess per frame, encode_image and
            encode_text of every goal prompt on every call, batch 1.
 Frames are rendered at the model's input size (vlmr's collection and RL do this) unless
-`frame_size` asks for bigger frames, which adds the resize.
+`frame_size` asks for bigger frames, which adds the resize. On a GPU the table also gives
+the share of the device's dense bf16 peak FLOP/s that the batched reward reaches: the
+encoder's forward FLOPs per frame (torch's FLOP counter) times frames/s, over the peak.
 """
 
 from __future__ import annotations
@@ -22,6 +24,27 @@ import torch
 
 GOALS = ["go to the red ball", "go to the blue key", "go to the green box", "go to the purple ball",
          "go to the yellow key", "go to the grey box"]
+
+
+# dense bf16 peak FLOP/s by device-name fragment (vendor datasheets, without sparsity)
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def image_flops_per_frame(model, image_size: int) -> float:
+    """Forward FLOPs of the image encoder for one frame (torch's FLOP counter; a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.encode_image(x)
+    return float(counter.get_total_flops())
+
+
+def peak_flops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def timed(fn, min_seconds: float, min_calls: int = 2) -> float:
@@ -84,18 +107,24 @@ def reward_throughput(arch: str, batch_sizes=(1, 16, 64, 256), frame_size: int |
                      "naive_fps": 1 / naive_s, "batched_over_limit": limit_s / batched_s,
                      "batched_over_naive": naive_s * bs / batched_s})
     params = sum(p.numel() for p in rm.clip.parameters())
-    return {"arch": arch, "params": params, "frame_size": size, "device": device,
-            "threads": torch.get_num_threads(), "rows": rows}
+    flops = image_flops_per_frame(rm.clip, rm.spec.image_size)
+    peak = peak_flops(device)
+    for row in rows:  # share of the accelerator's bf16 peak that the batched reward reaches (GPU only)
+        row["fraction_of_peak"] = flops * row["batched_fps"] / peak if peak else None
+    return {"arch": arch, "params": params, "frame_size": size, "device": device, "image_gflops": flops / 1e9,
+            "peak_flops": peak, "threads": torch.get_num_threads(), "rows": rows}
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| model | frame px | batch | batched fps | limit fps | naive fps | batched/limit | batched/naive |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | GFLOP/frame | frame px | batch | batched fps | limit fps | naive fps | batched/limit | "
+             "batched/naive | of bf16 peak |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:
-            lines.append(f"| {r['arch']} | {r['frame_size']} | {row['batch_size']} | {row['batched_fps']:.0f} | "
-                         f"{row['limit_fps']:.0f} | {row['naive_fps']:.1f} | {row['batched_over_limit']:.2f} | "
-                         f"{row['batched_over_naive']:.1f}x |")
+            peak = "-" if row.get("fraction_of_peak") is None else f"{100 * row['fraction_of_peak']:.1f}%"
+            lines.append(f"| {r['arch']} | {r.get('image_gflops', float('nan')):.2f} | {r['frame_size']} | "
+                         f"{row['batch_size']} | {row['batched_fps']:.0f} | {row['limit_fps']:.0f} | "
+                         f"{row['naive_fps']:.1f} | {row['batched_over_limit']:.2f} | {row['batched_over_naive']:.1f}x | "
+                         f"{peak} |")
     return "\n".join(lines)
 
 

@@ -97,20 +97,24 @@ def run_sections(sections, quick: bool) -> dict:
     from rl.bench_rl import bench_rl
 
     results: dict = {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU: bf16 autocast, and ViT-L-14 too
+    big = ("ViT-B-32", "ViT-L-14") if device == "cuda" else ("ViT-B-32",)
     for name in sections:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         if name == "reward":
             batch_sizes = (1, 16, 64) if quick else (1, 16, 64, 256)
-            results[name] = [reward_throughput(arch, batch_sizes if arch != "ViT-B-32" or not quick else (1, 64),
-                                               min_seconds=0.3 if quick else 1.0, naive_frames=8 if quick else 16)
-                             for arch in ("vlmr-tiny", "vlmr-small", "ViT-B-32")]
+            results[name] = [reward_throughput(arch, batch_sizes if arch not in big or not quick else (1, 64),
+                                               min_seconds=0.3 if quick else 1.0, naive_frames=8 if quick else 16,
+                                               device=device)
+                             for arch in ("vlmr-tiny", "vlmr-small", *big)]
         elif name == "cache":
             results[name] = bench_cache(steps=800 if quick else 4000)
         elif name == "rl":
             results[name] = bench_rl(steps=6144 if quick else 10240)
         elif name == "lora":
-            results[name] = bench_lora(("vlmr-small",) if quick else ("vlmr-small", "ViT-B-32"), steps=2 if quick else 4)
+            results[name] = bench_lora(("vlmr-small",) if quick and device == "cpu" else ("vlmr-small", *big),
+                                       steps=2 if quick else 4, device=device)
         elif name == "collection":
             results[name] = bench_collection(3000 if quick else 6000)
         print(f"   {time.perf_counter() - t0:.0f} s", flush=True)

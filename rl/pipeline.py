@@ -167,6 +167,8 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     runner = StageRunner(run_dir, set(force), stop_after)
     t_start = time.perf_counter()
 
+    base_weights = check_base_pretrained(cfg) if cfg.base_pretrained else None  # fail before any work
+
     # ---- data: the generic corpus (unless the base comes ready-made) and the domain, at the model's input size
     data = {}
     sources = (("domain", cfg.domain),) if cfg.base_pretrained else (("shapes", cfg.shapes), ("domain", cfg.domain))
@@ -193,8 +195,9 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
         def body():
             s = finetune(fcfg, progress=False)
             val = s.get("val", {})
-            auroc = val.get("val/own_goal_auroc", val.get("val/auroc_mean"))
-            return (f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val AUROC "
+            own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
+            what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
+            return (f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC "
                     f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
 
         runner.run(stage, {"config": dataclasses.asdict(fcfg), "inputs": inputs},
@@ -202,14 +205,7 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
         return rm_dir
 
     if cfg.base_pretrained:
-        base_ckpt = cfg.base_pretrained
-        is_file = Path(base_ckpt).is_file()
-        if is_file:
-            base_ckpt = str(Path(base_ckpt).resolve())
-        elif "/" in base_ckpt or base_ckpt.endswith((".safetensors", ".pt", ".bin")):
-            raise VlmrError(f"pipeline {cfg.name}: base_pretrained={cfg.base_pretrained!r} is not a file; run the "
-                            "chain that makes it first, or give an open_clip tag / hf-hub id, or null to pretrain")
-        base_identity = sha256_file(base_ckpt) if is_file else base_ckpt
+        base_ckpt, base_identity = base_weights
     else:
         base_dir = train_stage("base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,
                                                   "model": {"arch": cfg.arch, "pretrained": None}},
@@ -242,10 +238,9 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
                                                              "out": None}, f"calibrate_{arm}")
 
         def body(kcfg=kcfg):
-            own = calibrate(kcfg, progress=False)["metrics"]["macro"]["own_goal"] or {}
-            return ("own-goal test precision {:.3f} recall {:.3f} AUROC {}".format(
-                own.get("precision") or 0, own.get("recall") or 0,
-                "n/a" if own.get("auroc") is None else f"{own['auroc']:.3f}"))
+            view, m = headline(calibrate(kcfg, progress=False)["metrics"]["macro"])
+            return "{} test precision {:.3f} recall {:.3f} AUROC {}".format(
+                view, m.get("precision") or 0, m.get("recall") or 0, _f3(m.get("auroc")))
 
         runner.run(f"calibrate_{arm}", {"config": dataclasses.asdict(kcfg), "model": reward_model_id(rm_dir),
                                         "domain": manifest_sha["domain"]},
@@ -258,8 +253,8 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
 
     def eval_body():
         res = evaluate(model_list, str(data["domain"]), "test", out=str(eval_json), progress=False)
-        own = {m["name"]: (m["metrics"]["macro"]["own_goal"] or {}).get("auroc") for m in res["models"]}
-        return "own-goal AUROC " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in own.items())
+        heads = {m["name"]: headline(m["metrics"]["macro"]) for m in res["models"]}
+        return ", ".join(f"{k} {view} AUROC {_f3(m.get('auroc'))}" for k, (view, m) in heads.items())
 
     runner.run("evaluate", {"models": {arm: reward_model_id(d) for arm, d in models.items()},
                             "calibrations": {arm: sha256_file(d / "calibration.json") for arm, d in models.items()},
@@ -274,6 +269,30 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
                                 time.perf_counter() - t_start)
     print(f"pipeline {cfg.name}: {len(runner.rows)} stages in {time.perf_counter() - t_start:.0f} s; report: {report}")
     return report
+
+
+def check_base_pretrained(cfg: PipelineConfig) -> tuple[str, str]:
+    """(value for model.pretrained, identity for fingerprints) of a ready-made base; clear errors if unusable."""
+    from finetune.files import sha256_file
+    from finetune.models import check_architecture, register_model_configs, resolve_pretrained
+
+    register_model_configs()
+    check_architecture(cfg.arch)
+    value, kind = resolve_pretrained(cfg.arch, cfg.base_pretrained)
+    if kind != "file":
+        return value, f"{cfg.arch}:{value}"
+    path = str(Path(value).resolve())
+    return path, sha256_file(path)
+
+
+def headline(macro: dict) -> tuple[str, dict]:
+    """The metrics a one-line summary shows: own-goal where frames have missions (BabyAI), else pooled (Crafter)."""
+    own = macro.get("own_goal") or {}
+    return ("own-goal", own) if own.get("auroc") is not None else ("pooled", macro.get("pooled") or {})
+
+
+def _f3(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _calibration_current(rm_dir: Path) -> bool:
@@ -314,7 +333,12 @@ def write_final_report(cfg, run_dir: Path, rows: list[dict], cal_reports: dict, 
              "## Stages", "", "| stage | wall s | skipped | summary |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r.get('wall_s', 0):.0f} | {'yes' if r['skipped'] else 'no'} | {r['summary']} |"
               for r in rows]
-    lines += ["", f"Total wall time of this invocation: {seconds:.0f} s.", "", "## Reward quality (test split)", ""]
+    lines += ["", f"Total wall time of this invocation: {seconds:.0f} s.", "", "## Prompts", "",
+              "Every reward model of this run turns a goal into captions with these templates (ensembled), "
+              "the reward model's own templates for any other goal:", ""]
+    lines += [f"- {family}: " + "; ".join(f'"{t}"' for t in templates) for family, templates in
+              cfg.goal_templates.items()] or ["- none: the goal sentence itself"]
+    lines += ["", "## Reward quality (test split)", ""]
     lines += ["```", comparison_table(read_json(eval_json)["models"]), "```", ""]
     lines += [f"- calibration report, {arm}: [{p.relative_to(run_dir)}]({p.relative_to(run_dir)})"
               for arm, p in cal_reports.items()]

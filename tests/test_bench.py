@@ -17,3 +17,23 @@ def test_goal_lines_report_met_and_missed_goals():
     assert "batched/limit at batch 64: 0.95 (goal >= 0.9) met" in lines
     assert "batched/naive at batch 64: 2.00 (goal >= 2.5) NOT met" in lines
     assert "ground truth: 0.10 (goal >= 0.5) NOT met" in lines
+
+
+def test_flop_count_matches_a_hand_count_and_the_table_has_it():
+    import torch
+    from torch import nn
+
+    from finetune.bench_reward import image_flops_per_frame, markdown, reward_throughput
+
+    class Linear(nn.Module):  # encode_image: a 3*8*8 -> 5 matmul, so 2 * 192 * 5 FLOPs per frame
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(192, 5, bias=False)
+
+        def encode_image(self, x):
+            return self.fc(x.flatten(1))
+
+    assert image_flops_per_frame(Linear(), 8) == 2 * 192 * 5
+    out = reward_throughput("vlmr-tiny", batch_sizes=(2,), min_seconds=0.01, naive_frames=1)
+    assert out["image_gflops"] > 0 and out["rows"][0]["fraction_of_peak"] is None  # CPU: no bf16 peak
+    assert "GFLOP/frame" in markdown([out]) and torch.get_num_threads() >= 1

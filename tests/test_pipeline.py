@@ -43,6 +43,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     report = pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))
     text = report.read_text()
     assert "stand-in for web-scale CLIP" in text and "zero_shot" in text and "adapted" in text
+    assert '- goto: "a {color} {type} right in front of you"' in text  # the report names the prompts used
     first = stage_records(tmp_path)
     assert set(first) == {"collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "calibrate_zero_shot",
                           "calibrate_adapted", "evaluate", "compare"}
@@ -90,3 +91,15 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     assert (tmp_path / "runs/study/scaling.png").stat().st_size > 1000
     assert "vlmr-tiny" in report.read_text()
     assert (tmp_path / "runs/study_vlmr-tiny/pipeline/base.json").is_file()
+
+
+def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
+    import pytest
+
+    from finetune.files import VlmrError
+
+    for bad, message in (("runs/none/base.safetensors", "not found"), ("no_such_tag", "unknown pretrained tag")):
+        cfg = load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2), [f"base_pretrained={bad}"])
+        with pytest.raises(VlmrError, match=message):
+            pipeline(cfg)
+        assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
