@@ -111,6 +111,7 @@ class StageRunner:
                 self._maybe_stop(name)
                 return fp
         print(f"[{name}] running", flush=True)
+        atomic_write_json(self.state_dir / "started" / f"{name}.json", {"stage": name, "fingerprint": fp})
         t0 = time.perf_counter()
         summary = body()
         row = {"stage": name, "fingerprint": fp, "summary": summary, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -119,6 +120,19 @@ class StageRunner:
         self.rows.append({**row, "skipped": False})
         self._maybe_stop(name)
         return fp
+
+    def interrupted(self, name: str, fingerprint: dict) -> bool:
+        """Whether the last attempt at this stage, with this very fingerprint, started and did not finish.
+
+        Only then may a training stage resume its checkpoints; after a config change it starts over.
+        """
+        started = self.state_dir / "started" / f"{name}.json"
+        if not started.is_file():
+            return False
+        fp = sha256_text(canonical_json(fingerprint))
+        done = self.state_dir / f"{name}.json"
+        finished = done.is_file() and read_json(done, "pipeline stage record").get("fingerprint") == fp
+        return read_json(started, "pipeline stage record").get("fingerprint") == fp and not finished
 
     def _maybe_stop(self, name: str) -> None:
         if name == self.stop_after:
@@ -191,17 +205,19 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
         fcfg = stage_config(FinetuneConfig, section, {"name": f"{cfg.name}/{stage}", "output_dir": cfg.runs_dir,
                                                       **wiring}, stage)
         rm_dir = run_dir / stage / "reward_model"
+        fingerprint = {"config": dataclasses.asdict(fcfg), "inputs": inputs}
+        # resume only an interrupted attempt at this same stage config; a changed stage starts over
+        run_cfg = dataclasses.replace(fcfg, resume=fcfg.resume and runner.interrupted(stage, fingerprint))
 
         def body():
-            s = finetune(fcfg, progress=False)
+            s = finetune(run_cfg, progress=False)
             val = s.get("val", {})
             own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
             what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
             return (f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC "
                     f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
 
-        runner.run(stage, {"config": dataclasses.asdict(fcfg), "inputs": inputs},
-                   lambda: reward_model_valid(rm_dir), body)
+        runner.run(stage, fingerprint, lambda: reward_model_valid(rm_dir), body)
         return rm_dir
 
     if cfg.base_pretrained:

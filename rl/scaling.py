@@ -101,13 +101,13 @@ def plot(rows: list[dict], out: Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=arm)
         ax.set_xscale("log")
+        ax.set_xticks([r["params"] for r in rows], [f"{r['arch']}\n{r['params'] / 1e6:.1f}M" for r in rows],
+                      fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("parameters (both towers)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    for r in rows:
-        axes[0].annotate(r["arch"], (r["params"], _mean(r["arms"].get("zero_shot", {}).get("auroc")) or 0.5),
-                         fontsize=7, textcoords="offset points", xytext=(0, -12), ha="center")
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.png")
@@ -123,7 +123,8 @@ def _mean(v):
 
 
 def report(cfg: ScalingConfig, rows: list[dict], png: Path) -> str:
-    arms = sorted({a for r in rows for a in r["arms"]}, key=lambda a: (a != "zero_shot", a))
+    arms = sorted({a for r in rows for a, m in r["arms"].items() if m.get("auroc") is not None},
+                  key=lambda a: (a != "zero_shot", a))  # reward models only: ground truth has no AUROC
     lines = [f"# vlmr scaling study: {cfg.name}", "",
              f"One `{cfg.pipeline}` chain per model size. The base CLIPs are pretrained by vlmr on the synthetic "
              "shapes corpus, all with the same recipe: stand-ins for web-scale CLIP.", "",

@@ -68,6 +68,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
         assert f"[{stage}] up to date, skipped" in out
     for stage in ("adapted", "calibrate_adapted", "evaluate", "compare"):
         assert f"[{stage}] running" in out
+    assert "starting over" in out  # a changed stage never resumes the old config's checkpoint
     assert stage_records(tmp_path)["adapted"]["fingerprint"] != first["adapted"]["fingerprint"]
 
 
@@ -103,3 +104,22 @@ def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
         with pytest.raises(VlmrError, match=message):
             pipeline(cfg)
         assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_only_an_interrupted_attempt_with_the_same_config_resumes(tmp_path):
+    import pytest
+
+    from rl.pipeline import StageRunner
+
+    runner = StageRunner(tmp_path, force=set())
+    assert not runner.interrupted("adapted", {"steps": 2})  # never started
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("adapted", {"steps": 2}, lambda: True, killed)
+    assert runner.interrupted("adapted", {"steps": 2})  # same config: resume its checkpoint
+    assert not runner.interrupted("adapted", {"steps": 3})  # changed config: start over
+    runner.run("adapted", {"steps": 2}, lambda: True, lambda: "done")
+    assert not runner.interrupted("adapted", {"steps": 2})  # finished
