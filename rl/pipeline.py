@@ -185,7 +185,7 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
 
     # ---- data: the generic corpus (unless the base comes ready-made) and the domain, at the model's input size
     data = {}
-    sources = (("domain", cfg.domain),) if cfg.base_pretrained else (("shapes", cfg.shapes), ("domain", cfg.domain))
+    sources = (("domain", cfg.domain),) if base_weights else (("shapes", cfg.shapes), ("domain", cfg.domain))
     for key, section in sources:
         out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
         ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": cfg.image_size,
@@ -214,13 +214,12 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
             val = s.get("val", {})
             own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
             what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
-            return (f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC "
-                    f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
+            return f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC {_f3(auroc)}"
 
         runner.run(stage, fingerprint, lambda: reward_model_valid(rm_dir), body)
         return rm_dir
 
-    if cfg.base_pretrained:
+    if base_weights:
         base_ckpt, base_identity = base_weights
     else:
         base_dir = train_stage("base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,

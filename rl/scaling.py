@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from finetune.config import build_config, config_dataclass, load_config
-from finetune.files import VlmrError, atomic_write_json, atomic_write_text, read_json
+from calibrate.report import fmt
+from finetune.config import config_dataclass, load_config
+from finetune.files import VlmrError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 
 @config_dataclass
@@ -41,15 +42,12 @@ class ScalingConfig:
 
 
 def chain_config(cfg: ScalingConfig, model: ScalingModel):
-    from rl.pipeline import PipelineConfig, deep_merge
+    from rl.pipeline import PipelineConfig, StageSection, stage_config
 
-    path = Path(cfg.pipeline)
-    if not path.is_file():
-        raise VlmrError(f"scaling: pipeline config {path} not found (key `pipeline`)")
-    data = deep_merge(yaml.safe_load(path.read_text()) or {}, cfg.set)
-    data.update(name=f"{cfg.name}_{model.arch}", arch=model.arch, image_size=model.image_size,
-                runs_dir=cfg.runs_dir)
-    return build_config(PipelineConfig, data, f"{path} (scaling model {model.arch})")
+    wiring = {"name": f"{cfg.name}_{model.arch}", "arch": model.arch, "image_size": model.image_size,
+              "runs_dir": cfg.runs_dir}
+    return stage_config(PipelineConfig, StageSection(config=cfg.pipeline, set=cfg.set), wiring,
+                        f"scaling model {model.arch}")
 
 
 def parameter_count(checkpoint: Path) -> int:
@@ -57,14 +55,7 @@ def parameter_count(checkpoint: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as f:
-        return sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def collect_row(run_dir: Path, model: ScalingModel) -> dict:
@@ -109,12 +100,10 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(out)
-    return out
+    return atomic_write_bytes(out, buf.getvalue())
 
 
 def _mean(v):
@@ -135,17 +124,13 @@ def report(cfg: ScalingConfig, rows: list[dict], png: Path) -> str:
         cells = []
         for a in arms:
             m = r["arms"].get(a, {})
-            cells += [_fmt(m.get("auroc")), _fmt(m.get("precision"))]
+            cells += [fmt(m.get("auroc")), fmt(m.get("precision"))]
         lines.append(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['image_size']} | " + " | ".join(cells) + " |")
     if any("final_success" in a for r in rows for a in r["arms"].values()):
         lines += ["", "Final ground-truth success (mean over seeds):", ""]
-        lines += [f"- {r['arch']}: " + ", ".join(f"{a} {_fmt(_mean(m.get('final_success')))}"
+        lines += [f"- {r['arch']}: " + ", ".join(f"{a} {fmt(_mean(m.get('final_success')))}"
                                                  for a, m in r["arms"].items() if "final_success" in m) for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
@@ -153,6 +138,9 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
 
     if not cfg.models:
         raise VlmrError("scaling: `models` is empty; list at least one {arch, image_size}")
+    archs = [m.arch for m in cfg.models]
+    if len(set(archs)) < len(archs):  # chains are named by arch: two entries would share one run folder
+        raise VlmrError(f"scaling: `models` lists an architecture twice ({archs}); give each size once")
     rows = []
     for model in cfg.models:
         chain = chain_config(cfg, model)

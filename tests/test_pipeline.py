@@ -123,3 +123,20 @@ def test_only_an_interrupted_attempt_with_the_same_config_resumes(tmp_path):
     assert not runner.interrupted("adapted", {"steps": 3})  # changed config: start over
     runner.run("adapted", {"steps": 2}, lambda: True, lambda: "done")
     assert not runner.interrupted("adapted", {"steps": 2})  # finished
+
+
+def test_scaling_bad_configs_name_the_problem(tmp_path):
+    import pytest
+
+    from finetune.files import VlmrError
+    from rl.scaling import ScalingConfig, scaling
+
+    tiny = {"arch": "vlmr-tiny", "image_size": 64}
+    for models, pipeline_yaml, message in (([tiny, tiny], "configs/pipeline/babyai_demo.yaml", "twice"),
+                                           ([tiny], "configs/pipeline/nope.yaml", "nope.yaml")):
+        path = tmp_path / "scaling.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "pipeline": pipeline_yaml, "models": models,
+                                        "runs_dir": str(tmp_path / "runs")}))
+        with pytest.raises(VlmrError, match=message):
+            scaling(load_config(ScalingConfig, str(path)))
+    assert not (tmp_path / "runs").exists()
