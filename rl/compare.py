@@ -260,7 +260,7 @@ def report_markdown(summary: dict, cfg: CompareConfig) -> str:
              f"PPO, {rl.total_timesteps} env steps per run, seeds {summary['seeds']}, same settings for every arm; "
              f"only the reward differs. Success is the env's own success on held-out env seeds (from "
              f"{rl.eval_seed}); the final value uses {rl.final_eval_episodes} episodes. Brackets: {pct}% bootstrap "
-             "CI over seeds.", "",
+             "CI over seeds." + (f" Env options: {rl.env_kwargs}." if rl.env_kwargs else ""), "",
              "| arm | reward | runs | final success | success AUC | reward precision | reward recall | SPS |",
              "|---|---|---|---|---|---|---|---|"]
     for arm in summary["arms"]:

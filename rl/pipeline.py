@@ -58,7 +58,10 @@ class PipelineConfig:
     runs_dir: str = "runs"  # parent folder of the run
     data_dir: str = "data"  # parent folder of the datasets
     arch: str = "vlmr-small"  # architecture of every model in the chain
-    image_size: int = 112  # frame size, the architecture's input size
+    image_size: int = 112  # the architecture's input size; the shapes corpus is rendered at it
+    frame_size: int | None = None  # size the domain frames (data and PPO's reward view) are rendered at, resized to
+    # image_size by the reward model; null = image_size. 96 for a 112 px, 16 px patch model puts grid-world cells
+    # off the patch grid (at 112 px each BabyAI cell is exactly one patch; see README, scaling study)
     workers: int = 1  # collection processes
     control: bool = True  # also adapt a randomly initialised model, to separate pretraining from adaptation
     goal_templates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # prompts per goal family,
@@ -183,13 +186,14 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
 
     base_weights = check_base_pretrained(cfg) if cfg.base_pretrained else None  # fail before any work
 
-    # ---- data: the generic corpus (unless the base comes ready-made) and the domain, at the model's input size
+    # ---- data: the generic corpus (unless the base comes ready-made) at the input size, the domain at frame_size
     data = {}
     sources = (("domain", cfg.domain),) if base_weights else (("shapes", cfg.shapes), ("domain", cfg.domain))
     for key, section in sources:
         out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
-        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": cfg.image_size,
-                                                     "overwrite": True}, f"collect_{key}")
+        size = (cfg.frame_size or cfg.image_size) if key == "domain" else cfg.image_size
+        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": size, "overwrite": True},
+                            f"collect_{key}")
 
         def body(ccfg=ccfg):
             manifest = read_json(Path(collect(ccfg, resume=True, workers=cfg.workers)) / "manifest.json")
@@ -325,7 +329,10 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
 
     out = run_dir / "compare"
     arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
-    ccfg = stage_config(CompareConfig, cfg.compare, {"out_dir": str(out), "reward_models": arms}, "compare")
+    wiring = {"out_dir": str(out), "reward_models": arms}
+    if cfg.frame_size:  # the agents' reward sees frames drawn the way the domain data was
+        wiring["rl"] = {"image_size": cfg.frame_size}
+    ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")
 
     def body():
         res = compare(ccfg)

@@ -1,4 +1,4 @@
-"""PPO (CleanRL-style, one file) for goal-conditioned BabyAI/MiniGrid agents on a VLM or ground-truth reward.
+"""PPO (CleanRL-style, one file) for goal-conditioned BabyAI/MiniGrid or Crafter agents on a VLM or ground-truth reward.
 
     vlmr rl configs/rl/babyai_goto.yaml                                   # the env's own reward
     vlmr rl configs/rl/babyai_goto.yaml reward_model=runs/demo/adapted \
@@ -13,7 +13,7 @@ rl/ppo_agent.py, environments in rl/ppo_envs.py, the VLM reward in rl/reward_wra
 - The reward always comes from pixels (`rl.reward_wrapper.VLMReward`) unless
   `reward_model` is null: then it is the env's own reward (ground truth).
 - Policy observations: `symbolic` (MiniGrid's 7x7x3 egocentric encoding, the
-  fast CPU default) or `pixels` (the agent's 56 px point of view).
+  fast CPU default) or `pixels` (the agent's 56 px point of view; Crafter's 64 px frame).
 - The goal enters as a frozen table row indexed by the mission: the reward
   model's text embedding of the goal (`goal_encoding: text`), or a one-hot over
   the goal set. The ground-truth reward has no reward model, so there `text`
@@ -28,11 +28,12 @@ rl/ppo_agent.py, environments in rl/ppo_envs.py, the VLM reward in rl/reward_wra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from torch import nn
 from finetune.config import config_dataclass, config_to_dict, stage_main
 from finetune.files import VlmrError, atomic_write_json, atomic_write_text, canonical_json, sha256_text
 from rl.ppo_agent import Agent, GoalLookup, evaluate, goal_vocabulary
-from rl.ppo_envs import ACTION_NAMES, env_goal_set, make_vector_env, missions
+from rl.ppo_envs import action_names, env_goal_set, make_vector_env, missions
 from rl.stats import nan_to_none, pooled_precision_recall, precision_recall
 
 RESULT_VERSION = 1
@@ -50,7 +51,9 @@ RESULT_VERSION = 1
 
 @config_dataclass
 class PPOConfig:
-    env_id: str = "BabyAI-GoToRedBallNoDists-v0"  # gymnasium id of a BabyAI / MiniGrid env
+    env_id: str = "BabyAI-GoToRedBallNoDists-v0"  # gymnasium id of a BabyAI / MiniGrid env, or vlmr/CrafterGoal-v0
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # vlmr/CrafterGoal-v0's options:
+    # goals (sampled one per episode), max_steps, obs_size (rl/crafter_gym.py)
     reward_model: str | None = None  # reward-model dir for the VLM reward; null = the env's own reward
     calibration: str | None = None  # calibration.json for reward_model; null = the model's default tau, beta
     terminate_on_reward: bool = True  # end the episode when the VLM reward fires (the paper's sparse goal reward)
@@ -61,7 +64,7 @@ class PPOConfig:
     goals: list[str] | None = None  # goal vocabulary for one-hot; null = the env's goal set, else the model's
     obs_mode: Literal["symbolic", "pixels"] = "symbolic"  # policy input: MiniGrid grid encoding or egocentric pixels
     image_size: int | None = None  # rendered frame size (px) for the reward; null = the reward model's input size
-    actions: list[str] | None = None  # action subset by name (left, right, forward, ...); null = all 7
+    actions: list[str] | None = None  # action subset by name (left, right, forward / move_left, do, ...); null = all
     total_timesteps: int = 30_000  # env steps over all envs
     num_envs: int = 8  # parallel envs
     num_steps: int = 64  # steps per env per rollout
@@ -98,9 +101,10 @@ class PPOConfig:
         if small:
             raise ValueError(f"{', '.join(small)} must be >= 1")
         if self.actions is not None:
-            bad = [a for a in self.actions if a not in ACTION_NAMES]
+            names = action_names(self.env_id)
+            bad = [a for a in self.actions if a not in names]
             if bad or not self.actions:
-                raise ValueError(f"unknown actions {bad}; choose from {list(ACTION_NAMES)}")
+                raise ValueError(f"unknown actions {bad} for {self.env_id}; choose from {names}")
         if self.total_timesteps < self.num_envs * self.num_steps:
             raise ValueError(f"total_timesteps {self.total_timesteps} < one rollout (num_envs * num_steps = "
                              f"{self.num_envs * self.num_steps})")
@@ -226,26 +230,27 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     reward_model = None
     if cfg.reward_model:
         reward_model = RewardModel.load(cfg.reward_model, calibration=cfg.calibration, device=device)
-        known = env_goal_set(cfg.env_id)
+        known = env_goal_set(cfg.env_id, cfg.env_kwargs)
         missing = sorted(set(known or []) - set(reward_model.goals))
         if missing:
             raise VlmrError(f"reward model {cfg.reward_model}: its goal set does not cover {cfg.env_id}'s missions "
                             f"{missing[:5]} ({len(missing)} missing); use a reward model trained for this env")
     goals, table, source = goal_vocabulary(cfg, reward_model)
     lookup = GoalLookup(goals, source)
-    action_ids = np.array([ACTION_NAMES.index(a) for a in (cfg.actions or ACTION_NAMES)])
+    names = action_names(cfg.env_id)
+    action_ids = np.array([names.index(a) for a in (cfg.actions or names)])
+    env_args = {"obs_mode": cfg.obs_mode, "env_kwargs": cfg.env_kwargs}
 
     if reward_model is not None:  # the wrapper resets finished envs itself and presents SAME_STEP semantics
         image_size = cfg.image_size or reward_model.spec.image_size
-        envs = VLMReward(make_vector_env(cfg.env_id, cfg.num_envs, AutoresetMode.DISABLED, image_size, cfg.obs_mode,
-                                         cfg.vector, cfg.memo_render), reward_model,
+        envs = VLMReward(make_vector_env(cfg.env_id, cfg.num_envs, AutoresetMode.DISABLED, image_size, vector=cfg.vector,
+                                         memo_render=cfg.memo_render, **env_args), reward_model,
                          terminate_on_reward=cfg.terminate_on_reward, mission_fn=missions,
                          cache=shared_reward_cache(reward_model, cfg.frame_cache))
     else:
-        envs = make_vector_env(cfg.env_id, cfg.num_envs, AutoresetMode.SAME_STEP, obs_mode=cfg.obs_mode,
-                               vector=cfg.vector)
+        envs = make_vector_env(cfg.env_id, cfg.num_envs, AutoresetMode.SAME_STEP, vector=cfg.vector, **env_args)
     eval_envs = make_vector_env(cfg.env_id, min(cfg.num_envs, cfg.eval_episodes), AutoresetMode.NEXT_STEP,
-                                obs_mode=cfg.obs_mode)
+                                **env_args)
     obs_shape = envs.single_observation_space.shape
     agent = Agent(obs_shape, cfg.obs_mode, table, len(action_ids), cfg.hidden).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)

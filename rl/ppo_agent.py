@@ -77,7 +77,7 @@ class Agent(nn.Module):
 def goal_vocabulary(cfg: PPOConfig, reward_model):
     """(goal sentences, frozen (G, D) table, source) for the policy's goal input."""
     if cfg.goal_encoding == "onehot":
-        goals = cfg.goals or env_goal_set(cfg.env_id) or (reward_model.goals if reward_model else None)
+        goals = cfg.goals or env_goal_set(cfg.env_id, cfg.env_kwargs) or (reward_model.goals if reward_model else None)
         if not goals:
             raise VlmrError(f"goal_encoding=onehot needs a goal set: {cfg.env_id} has no known one; set goals=[...]")
         return list(goals), torch.eye(len(goals)), "onehot"

@@ -1,6 +1,8 @@
-"""Environments for PPO: BabyAI/MiniGrid sub-envs that render the reward model's view, and policy observations.
+"""Environments for PPO: sub-envs that render the reward model's view, and policy observations.
 
     envs = make_vector_env("BabyAI-GoToRedBallNoDists-v0", 8, AutoresetMode.DISABLED, image_size=112)
+    envs = make_vector_env("vlmr/CrafterGoal-v0", 8, AutoresetMode.DISABLED, obs_mode="pixels",
+                           env_kwargs={"goals": ["collect wood"], "max_steps": 100})
     missions(envs)                        # canonical goal sentence of each sub-env's episode
 
 - `make_base_env`: rl.babyai.make_env for BabyAI ids (render() = the egocentric
@@ -8,11 +10,14 @@
   MiniGrid id gets the same render through rl.babyai.render_frame.
 - `MemoRender`: exact memo of those frames (grid worlds repeat views a lot).
 - `PolicyObs`: the policy's input, symbolic grid encoding or egocentric pixels.
+- Crafter (`vlmr/CrafterGoal-v0`, rl/crafter_gym.py): pixels only; its obs is the policy's
+  64 px view and render() the reward model's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 from collections import OrderedDict
 
@@ -23,6 +28,19 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from finetune.files import VlmrError
 
 ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")  # MiniGrid's Actions, in order
+
+
+def is_crafter(env_id: str) -> bool:
+    return env_id.startswith("vlmr/Crafter")
+
+
+def action_names(env_id: str) -> list[str]:
+    """The env's actions by name, in action-id order (what PPOConfig.actions selects from)."""
+    if is_crafter(env_id):
+        from rl.crafter_gym import action_names as crafter_actions
+
+        return crafter_actions()
+    return list(ACTION_NAMES)
 
 
 class PolicyObs(gym.ObservationWrapper):
@@ -110,7 +128,11 @@ def missions(envs) -> list[str]:
     return [canonical_mission(m) or m for m in envs.get_attr("mission")]
 
 
-def env_goal_set(env_id: str) -> list[str] | None:
+def env_goal_set(env_id: str, env_kwargs: dict | None = None) -> list[str] | None:
+    if is_crafter(env_id):
+        from rl.crafter_gym import DEFAULT_GOALS, check_goals
+
+        return check_goals((env_kwargs or {}).get("goals") or DEFAULT_GOALS)
     try:
         from rl.babyai import goal_set
 
@@ -120,16 +142,33 @@ def env_goal_set(env_id: str) -> list[str] | None:
 
 
 def make_vector_env(env_id: str, num_envs: int, autoreset_mode: AutoresetMode, image_size: int = 64,
-                    obs_mode: str = "symbolic", vector: str = "sync", memo_render: bool = True):
+                    obs_mode: str = "symbolic", vector: str = "sync", memo_render: bool = True,
+                    env_kwargs: dict | None = None):
     """num_envs sub-envs of env_id with the given autoreset mode; observations as the policy sees them."""
     import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI ids)
+
+    import rl.crafter_gym  # noqa: F401  (registers vlmr/CrafterGoal-v0)
 
     try:
         gym.spec(env_id)
     except gym.error.Error as e:
         raise VlmrError(f"unknown env_id {env_id!r} ({e})") from None
+    if is_crafter(env_id) and obs_mode != "pixels":
+        raise VlmrError(f"{env_id} has no symbolic observation: set obs_mode=pixels")
+    if env_kwargs and not is_crafter(env_id):
+        raise VlmrError(f"env_kwargs {sorted(env_kwargs)} are for vlmr/CrafterGoal-v0; {env_id} takes none")
+
+    if is_crafter(env_id):
+        from rl.crafter_gym import CrafterGoalEnv
+
+        allowed = set(inspect.signature(CrafterGoalEnv).parameters) - {"image_size", "render_mode"}
+        unknown = sorted(set(env_kwargs or {}) - allowed)
+        if unknown:
+            raise VlmrError(f"env_kwargs {unknown} unknown to {env_id}; it takes {sorted(allowed)}")
 
     def thunk():
+        if is_crafter(env_id):
+            return CrafterGoalEnv(image_size=image_size, **(env_kwargs or {}))
         return PolicyObs(make_base_env(env_id, image_size, memo_render), obs_mode)
     cls = AsyncVectorEnv if vector == "async" else SyncVectorEnv
     return cls([thunk] * num_envs, autoreset_mode=autoreset_mode)

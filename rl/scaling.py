@@ -4,12 +4,13 @@
     vlmr scaling configs/pipeline/scaling.yaml --plot-only
 
 For each model in the config it runs one `vlmr pipeline` chain (named <name>_<arch>):
-the same shapes pretraining recipe, the same domain data rendered at that model's
-input size, zero-shot and LoRA-adapted reward models, calibration, evaluation, and
-`vlmr compare` when the base pipeline has a compare stage. Each chain skips its
-finished stages, so an interrupted study resumes where it stopped. Then it plots
-held-out own-goal AUROC and precision at the calibrated threshold against the
-parameter count, for each arm, and final success when agents were trained.
+the same shapes pretraining recipe, the same domain data rendered at the model's
+frame_size (its input size unless set), zero-shot and LoRA-adapted reward models,
+calibration, evaluation, and `vlmr compare` when the base pipeline has a compare
+stage. Each chain skips its finished stages, so an interrupted study resumes where
+it stopped. Then it plots held-out AUROC (own-goal; pooled where frames have no
+mission) and precision at the calibrated threshold against the parameter count,
+for each arm, and final success when agents were trained.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from finetune.files import VlmrError, atomic_write_bytes, atomic_write_json, ato
 @config_dataclass
 class ScalingModel:
     arch: str  # open_clip architecture (configs/models/*.json or a stock one)
-    image_size: int  # the architecture's input size; frames are rendered at it
+    image_size: int  # the architecture's input size
+    frame_size: int | None = None  # size the domain frames are rendered at (pipeline frame_size); null = image_size
 
 
 @config_dataclass
@@ -45,7 +47,7 @@ def chain_config(cfg: ScalingConfig, model: ScalingModel):
     from rl.pipeline import PipelineConfig, StageSection, stage_config
 
     wiring = {"name": f"{cfg.name}_{model.arch}", "arch": model.arch, "image_size": model.image_size,
-              "runs_dir": cfg.runs_dir}
+              "frame_size": model.frame_size, "runs_dir": cfg.runs_dir}
     return stage_config(PipelineConfig, StageSection(config=cfg.pipeline, set=cfg.set), wiring,
                         f"scaling model {model.arch}")
 
@@ -60,18 +62,22 @@ def parameter_count(checkpoint: Path) -> int:
 
 def collect_row(run_dir: Path, model: ScalingModel) -> dict:
     """One model's numbers from its chain's outputs."""
+    from rl.pipeline import headline
+
     evaluated = read_json(run_dir / "evaluate" / "results.json", "evaluation results")
-    arms = {}
+    arms, views = {}, set()
     for m in evaluated["models"]:
-        own = m["metrics"]["macro"]["own_goal"] or {}
-        arms[m["name"]] = {"auroc": own.get("auroc"), "precision": own.get("precision"), "recall": own.get("recall")}
+        view, head = headline(m["metrics"]["macro"])  # own-goal on BabyAI, pooled where frames have no mission
+        views.add(view)
+        arms[m["name"]] = {"auroc": head.get("auroc"), "precision": head.get("precision"),
+                           "recall": head.get("recall")}
     compare = run_dir / "compare" / "results.json"
     if compare.is_file():
         for arm in read_json(compare, "compare results")["arms"]:
             arms.setdefault(arm["name"], {})["final_success"] = arm["final_success"]
     params = parameter_count(run_dir / "base" / "reward_model" / "open_clip_model.safetensors")
-    return {"arch": model.arch, "image_size": model.image_size, "params": params, "run_dir": str(run_dir),
-            "arms": arms}
+    return {"arch": model.arch, "image_size": model.image_size, "frame_size": model.frame_size or model.image_size,
+            "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms}
 
 
 def plot(rows: list[dict], out: Path) -> Path:
@@ -80,7 +86,8 @@ def plot(rows: list[dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("auroc", "own-goal AUROC (test)"), ("precision", "precision at calibrated threshold (test)")]
+    view = "/".join(sorted({r.get("view", "own-goal") for r in rows}))
+    panels = [("auroc", f"{view} AUROC (test)"), ("precision", "precision at calibrated threshold (test)")]
     if any("final_success" in a for r in rows for a in r["arms"].values()):
         panels.append(("final_success", "agent success (ground truth)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
@@ -118,14 +125,17 @@ def report(cfg: ScalingConfig, rows: list[dict], png: Path) -> str:
              f"One `{cfg.pipeline}` chain per model size. The base CLIPs are pretrained by vlmr on the synthetic "
              "shapes corpus, all with the same recipe: stand-ins for web-scale CLIP.", "",
              f"![scaling]({png.name})", "",
-             "| model | params | px | " + " | ".join(f"{a} AUROC | {a} precision" for a in arms) + " |",
-             "|---|---|---|" + "---|---|" * len(arms)]
+             f"Metrics: {'/'.join(sorted({r.get('view', 'own-goal') for r in rows}))}, test split; frame px: the size "
+             "frames are rendered at, model px: the input size they are resized to.", "",
+             "| model | params | frame px | model px | " + " | ".join(f"{a} AUROC | {a} precision" for a in arms) + " |",
+             "|---|---|---|---|" + "---|---|" * len(arms)]
     for r in rows:
         cells = []
         for a in arms:
             m = r["arms"].get(a, {})
             cells += [fmt(m.get("auroc")), fmt(m.get("precision"))]
-        lines.append(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['image_size']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r.get('frame_size', r['image_size'])} | "
+                     f"{r['image_size']} | " + " | ".join(cells) + " |")
     if any("final_success" in a for r in rows for a in r["arms"].values()):
         lines += ["", "Final ground-truth success (mean over seeds):", ""]
         lines += [f"- {r['arch']}: " + ", ".join(f"{a} {fmt(_mean(m.get('final_success')))}"

@@ -47,3 +47,30 @@ def test_bad_files_and_overrides(tmp_path):
         load_config(Outer, tmp_path / "bad.yaml")
     with pytest.raises(VlmrError, match="key=value"):
         load_config(Outer, None, ["steps"])
+
+
+def test_every_shipped_pipeline_and_rl_config_loads_with_its_stage_sections():
+    """A typo in a shipped YAML (or a key a refactor renamed) fails here, not an hour into `make demo`."""
+    from pathlib import Path
+
+    from calibrate.fit import CalibrateConfig
+    from finetune.train import FinetuneConfig
+    from rl.collect import CollectConfig
+    from rl.compare import CompareConfig
+    from rl.pipeline import PipelineConfig, stage_config
+    from rl.ppo import PPOConfig
+    from rl.scaling import ScalingConfig, chain_config
+
+    for path in sorted(Path("configs/rl").glob("*.yaml")):
+        load_config(CompareConfig if path.stem.startswith("compare") else PPOConfig, str(path))
+    stages = {"shapes": CollectConfig, "domain": CollectConfig, "base": FinetuneConfig, "adapt": FinetuneConfig,
+              "calibrate": CalibrateConfig, "compare": CompareConfig}
+    pipelines = [load_config(PipelineConfig, str(p)) for p in sorted(Path("configs/pipeline").glob("*.yaml"))
+                 if p.stem != "scaling"]
+    scaling = load_config(ScalingConfig, "configs/pipeline/scaling.yaml")
+    pipelines += [chain_config(scaling, m) for m in scaling.models]
+    assert {p.name for p in pipelines} >= {"babyai_demo", "crafter", "scaling_vlmr-small"}
+    for cfg in pipelines:
+        for key, cls in stages.items():
+            if getattr(cfg, key) is not None:
+                stage_config(cls, getattr(cfg, key), {}, f"{cfg.name}/{key}")

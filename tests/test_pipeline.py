@@ -78,7 +78,7 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump({"name": "study", "pipeline": write_config(tmp_path, adapt_steps=2),
                                     "runs_dir": str(tmp_path / "runs"),
-                                    "models": [{"arch": "vlmr-tiny", "image_size": 64}],
+                                    "models": [{"arch": "vlmr-tiny", "image_size": 64, "frame_size": 48}],
                                     "set": {"compare": None}}))
     report = scaling(load_config(ScalingConfig, str(path)))
     results = json.loads((tmp_path / "runs/study/results.json").read_text())
@@ -92,6 +92,11 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     assert (tmp_path / "runs/study/scaling.png").stat().st_size > 1000
     assert "vlmr-tiny" in report.read_text()
     assert (tmp_path / "runs/study_vlmr-tiny/pipeline/base.json").is_file()
+    # frame_size: the domain is rendered off the model's input size (resized by the reward model), shapes are not
+    data = {json.loads((d / "manifest.json").read_text())["name"]: json.loads((d / "manifest.json").read_text())
+            for d in (tmp_path / "data").iterdir()}
+    assert sorted(m["image_size"] for m in data.values()) == [48, 64]
+    assert row["frame_size"] == 48 and "| vlmr-tiny | " in report.read_text() and "| 48 | 64 |" in report.read_text()
 
 
 def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
