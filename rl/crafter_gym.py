@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from finetune.files import VlmrError
-from rl.crafter_env import GOALS, label_goals
+from rl.crafter_env import GOALS, label_goals, reseed
 
 ENV_ID = "vlmr/CrafterGoal-v0"
 DEFAULT_GOALS = ("collect wood",)  # reachable from a fresh world in tens of steps; longer chains need more PPO
@@ -65,9 +65,9 @@ class CrafterGoalEnv(gym.Env):
         super().reset(seed=seed)
         # crafter draws its world from hash((seed, episode)): reseeding each episode from our RNG makes
         # gymnasium's reset(seed=...) contract hold (same seed, same world)
-        self._env._seed, self._env._episode = int(self.np_random.integers(2**31)), 0
+        world_seed = int(self.np_random.integers(2**31))
         self.mission = self.goals[int(self.np_random.integers(len(self.goals)))]
-        self._obs, self._steps = self._env.reset(), 0
+        self._obs, self._steps = reseed(self._env, world_seed), 0
         return self._obs, {"mission": self.mission}
 
     def step(self, action):
