@@ -1,1 +1,1 @@
-"""vlmr."""
+"""vlmr.calibrate: per-goal temperature and threshold fitting, reward-quality evaluation, reports and plots."""

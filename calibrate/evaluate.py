@@ -21,11 +21,13 @@ import argparse
 import time
 from pathlib import Path
 
-from calibrate.fit import cli_warnings, resolve_device
-from calibrate.metrics import evaluate_scores
-from calibrate.report import comparison_table
-from calibrate.scores import score_split
-from finetune.files import VlmrError, atomic_write_json
+from vlmr.calibrate.fit import cli_warnings, resolve_device
+from vlmr.calibrate.metrics import evaluate_scores
+from vlmr.calibrate.report import comparison_table
+from vlmr.calibrate.scores import score_split
+
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json
 
 RESULTS_VERSION = 1
 
@@ -76,9 +78,10 @@ def evaluate(models: list[dict], data: str, split: str = "test", out: str | None
              device: str = "auto", limit: int | None = None, ece_bins: int = 15, cache: bool = True,
              logger: str = "none", wandb_project: str = "vlmr", progress: bool = True) -> dict:
     """Evaluate each {"dir", "calibration", "name"}; returns (and writes to `out`) the results dict."""
-    from finetune.files import sha256_file
-    from finetune.reward_model import RewardModel
-    from finetune.shards import MANIFEST_FILE, read_manifest
+    from vlmr.finetune.reward_model import RewardModel
+
+    from vlmr.core.dataset import MANIFEST_FILE, read_manifest
+    from vlmr.core.files import sha256_file
 
     t0 = time.time()
     device = resolve_device(device)
@@ -122,8 +125,8 @@ def evaluate(models: list[dict], data: str, split: str = "test", out: str | None
 
 
 def _log(logger: str, results: dict, project: str, out: str | None, seconds: float) -> None:
-    from calibrate.tracking import flatten, log_results
-    from finetune.provenance import run_info
+    from vlmr.core.provenance import run_info
+    from vlmr.core.tracking import flatten, log_results
 
     if logger == "none":
         return

@@ -2,7 +2,7 @@
 
     vlmr calibrate configs/calibrate/shapes.yaml
     vlmr calibrate configs/calibrate/shapes.yaml reward_model=runs/demo/reward_model data=data/shapes criterion=max_f1
-    python -c "from calibrate.fit import CalibrateConfig, calibrate; calibrate(CalibrateConfig(reward_model=..., data=...))"
+    python -c "from vlmr.calibrate.fit import CalibrateConfig, calibrate; calibrate(CalibrateConfig(reward_model=..., data=...))"
 
 Steps: score `fit_split` (cached similarity matrix) -> fit tau_g (max likelihood) and
 beta_g (criterion) -> score `eval_split` -> metrics before/after -> write
@@ -25,13 +25,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration, goal_probs
+from vlmr.calibrate.metrics import add_before, evaluate_scores
+from vlmr.calibrate.scores import score_split
 
-from calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration, goal_probs
-from calibrate.metrics import add_before, evaluate_scores
-from calibrate.scores import score_split
-from finetune.calibration_file import write_calibration
-from finetune.config import config_dataclass, config_to_dict, stage_main
-from finetune.files import VlmrError, atomic_write_json, atomic_write_text
+from vlmr.core.calibration_file import write_calibration
+from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json, atomic_write_text
 
 VIEW_KEYS = ("precision", "recall", "f1", "auroc", "ap", "ece", "auroc_before", "ap_before", "ece_before")
 
@@ -139,7 +140,7 @@ def build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest) -> dict:
 
 
 def write_plots(art: Path, rm, fit, val, test, metrics, cfg, crit) -> list[Path]:
-    from calibrate.plots import plot_histograms, plot_pr_curves, plot_reliability
+    from vlmr.calibrate.plots import plot_histograms, plot_pr_curves, plot_reliability
 
     temps = torch.tensor(fit.temperatures)
     defaults = torch.full((len(rm.goals),), float(rm.spec.temperature))
@@ -169,9 +170,10 @@ def write_plots(art: Path, rm, fit, val, test, metrics, cfg, crit) -> list[Path]
 
 def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     """Run the stage. Returns {"calibration", "report", "plots", "run", "metrics", "warnings"}."""
-    from finetune.provenance import run_info
-    from finetune.reward_model import RewardModel
-    from finetune.shards import read_manifest
+    from vlmr.finetune.reward_model import RewardModel
+
+    from vlmr.core.dataset import read_manifest
+    from vlmr.core.provenance import run_info
 
     t0 = time.time()
     out, art = output_paths(cfg)
@@ -209,7 +211,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     for stale in (*art.glob("pr_curves-*.png"), *art.glob("histograms-*.png"), *art.glob("reliability.png")):
         stale.unlink()  # pages of an earlier run with more goals must not outlive it
     plots = write_plots(art, rm, fit, val, test, metrics, cfg, crit) if cfg.plots else []
-    from calibrate.report import calibration_report
+    from vlmr.calibrate.report import calibration_report
 
     report = atomic_write_text(art / "report.md", calibration_report(cal, [p.name for p in plots]))
     info = run_info(config_to_dict(cfg)) | {
@@ -237,7 +239,7 @@ def _f(x) -> str:
 
 
 def _log(cfg, art, cal, info, plots, rm) -> None:
-    from calibrate.tracking import flatten, log_results
+    from vlmr.core.tracking import flatten, log_results
 
     if cfg.logger == "none":
         return
@@ -270,5 +272,6 @@ def cli_warnings():
 def main(argv: list[str] | None = None) -> int:
     with cli_warnings():
         return stage_main(argv, CalibrateConfig, calibrate, "vlmr calibrate",
-                          "Fit per-goal temperature and threshold on a labelled split; report quality on another.")
+                          "Fit per-goal temperature and threshold on a labelled split; report quality on another.",
+                          kind="calibrate")
 

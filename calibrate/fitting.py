@@ -135,7 +135,7 @@ def as_float32(x: float) -> float:
 
 def goal_probs(sims: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
     """P(g | o_n) for every goal, each at its own temperature: (N, G), exactly as RewardModel.all_probs."""
-    from finetune.reward_math import all_goal_log_probs
+    from vlmr.finetune.reward_math import all_goal_log_probs
 
     return all_goal_log_probs(sims.float(), temperatures.float()).exp().clamp(0.0, 1.0)
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from calibrate.fitting import goal_probs
+from vlmr.calibrate.fitting import goal_probs
 
 METRICS = ("precision", "recall", "f1", "auroc", "ap", "ece")
 BEFORE_AFTER = ("auroc", "ap", "ece")  # reported for both the model's defaults and the fitted calibration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.files import atomic_write_bytes
+from vlmr.core.files import atomic_write_bytes
 
 GOALS_PER_PAGE = 12
 COLS = 4
@@ -69,8 +69,7 @@ def _operating_point(probs, labels, threshold):
 def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target_precision=None) -> list[Path]:
     """Per-goal PR curves on the fitting (dashed) and test (solid) splits, the chosen threshold marked on each."""
     import torch
-
-    from calibrate.fitting import pr_curve
+    from vlmr.calibrate.fitting import pr_curve
 
     paths = []
     for page, idx in enumerate(_pages(len(goals)), start=1):

@@ -10,7 +10,7 @@ so temperature fitting never re-runs the model. The cache file
 the dataset manifest's sha256; it is used only when both (and the frame limit)
 match, and rewritten otherwise.
 
-Frames are streamed shard by shard (not loaded whole like finetune.shards.load_split_arrays),
+Frames are streamed shard by shard (not loaded whole like vlmr.core.dataset.load_split_arrays),
 so a split of any size fits in memory.
 """
 
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.files import VlmrError, atomic_write_bytes, sha256_file
-from finetune.shards import MANIFEST_FILE, SkipCounter, check_goal_sets, iter_split, read_manifest
+from vlmr.core.dataset import MANIFEST_FILE, SkipCounter, check_goal_sets, iter_split, read_manifest
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_bytes, sha256_file
 
 CACHE_VERSION = 1
 

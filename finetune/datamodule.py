@@ -24,8 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from finetune.files import VlmrError
-from finetune.shards import (
+from vlmr.core.dataset import (
     CountCheck,
     SkipCounter,
     check_goal_sets,
@@ -34,6 +33,7 @@ from finetune.shards import (
     read_manifest,
     split_shards,
 )
+from vlmr.core.errors import VlmrError
 
 
 class _Decode:

@@ -1,10 +1,10 @@
 """The LightningModule that adapts an open_clip model (peft LoRA, or full training) into a reward model.
 
     module = ClipFinetuneModule(goals, model={"arch": "vlmr-tiny"}, lora={"r": 8}, loss={}, optim={}, max_steps=100)
-    trainer.fit(module, datamodule)           # finetune.train does this from a YAML config
-    rm = module.to_reward_model()             # a finetune.reward_model.RewardModel; rm.save(dir)
+    trainer.fit(module, datamodule)           # vlmr.finetune.train does this from a YAML config
+    rm = module.to_reward_model()             # a vlmr.finetune.reward_model.RewardModel; rm.save(dir)
 
-One shared step serves train and val. The losses (finetune.losses) are weighted by
+One shared step serves train and val. The losses (vlmr.finetune.losses) are weighted by
 the `loss` section: multi-positive CLIP contrastive, BCE of P(g|o) (exactly what the
 reward uses), SigLIP-style sigmoid. Validation reports per-goal AUROC/AP of P(g|o),
 their means, own-goal AUROC and retrieval accuracy. LoRA targets are regexes over
@@ -23,20 +23,21 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
-
-from finetune.config import build_config, config_dataclass
-from finetune.files import VlmrError, sha256_file
-from finetune.losses import (
+from vlmr.finetune.losses import (
     MIN_TEMPERATURE,
     GoalClassificationLoss,
     MultiPositiveClipLoss,
     SigmoidLoss,
     positives_mask,
 )
-from finetune.models import create_clip, image_preprocess_cfg
-from finetune.preprocess import preprocess_frames
-from finetune.reward_math import all_goal_log_probs, normalize
-from finetune.reward_model import RewardModel, candidate_prompts, encode_candidates, make_spec
+from vlmr.finetune.models import create_clip, image_preprocess_cfg
+from vlmr.finetune.preprocess import preprocess_frames
+from vlmr.finetune.reward_math import all_goal_log_probs, normalize
+from vlmr.finetune.reward_model import RewardModel, candidate_prompts, encode_candidates, make_spec
+
+from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import sha256_file
 
 VISION_BLOCKS = r"visual\.transformer\.resblocks\.\d+"
 TEXT_BLOCKS = r"transformer\.resblocks\.\d+"  # matched in full, so it never matches visual.transformer...

@@ -9,7 +9,7 @@ Many frames share a caption ("a red circle" fits hundreds of frames), so the
 contrastive loss uses soft targets spread evenly over every positive instead of
 the diagonal alone: a pair that shares a caption or a positive goal is never
 pushed apart. The goal loss trains the exact quantity the reward uses,
-`P(g|o) = softmax over candidates (goals + negatives)` (finetune.reward_math).
+`P(g|o) = softmax over candidates (goals + negatives)` (vlmr.finetune.reward_math).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from finetune.reward_math import all_goal_log_probs
+from vlmr.finetune.reward_math import all_goal_log_probs
 
 MIN_TEMPERATURE = 0.01  # CLIP caps its logit scale at 100; sharper softmaxes only make training unstable
 

@@ -20,21 +20,19 @@ from pathlib import Path
 import open_clip
 import torch
 
-from finetune.files import VlmrError
-
-CONFIG_DIR = Path(os.environ.get("VLMR_MODEL_CONFIGS", Path(__file__).resolve().parent.parent / "configs" / "models"))
+from vlmr.core.config import shipped_config_dir
+from vlmr.core.errors import VlmrError
 
 
 @cache
 def register_model_configs() -> tuple[str, ...]:
-    if not CONFIG_DIR.is_dir():
-        raise VlmrError(f"model config folder {CONFIG_DIR} not found; set VLMR_MODEL_CONFIGS to the configs/models folder")
-    open_clip.add_model_config(CONFIG_DIR)
-    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-
-
-def vlmr_architectures() -> list[str]:
-    return list(register_model_configs())
+    """Register vlmr's architectures (shipped configs/models/*.json, or $VLMR_MODEL_CONFIGS) with open_clip."""
+    config_dir = Path(os.environ.get("VLMR_MODEL_CONFIGS") or shipped_config_dir() / "models")
+    if not config_dir.is_dir():
+        raise VlmrError(f"model config folder {config_dir} not found; point VLMR_MODEL_CONFIGS at a folder of "
+                        "open_clip model JSON files, or unset it to use the shipped ones")
+    open_clip.add_model_config(config_dir)
+    return tuple(sorted(p.stem for p in config_dir.glob("*.json")))
 
 
 def check_architecture(arch: str) -> None:

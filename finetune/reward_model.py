@@ -20,13 +20,9 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-
-from finetune.calibration_file import read_calibration
-from finetune.config import build_config, config_dataclass
-from finetune.files import VlmrError, atomic_dir, canonical_json, read_json, sha256_file, sha256_text
-from finetune.models import create_clip, image_preprocess_cfg
-from finetune.preprocess import preprocess_frames
-from finetune.reward_math import (
+from vlmr.finetune.models import create_clip, image_preprocess_cfg
+from vlmr.finetune.preprocess import preprocess_frames
+from vlmr.finetune.reward_math import (
     all_goal_log_probs,
     binary_reward,
     ensemble_text_embeddings,
@@ -34,6 +30,11 @@ from finetune.reward_math import (
     goal_log_probs,
     normalize,
 )
+
+from vlmr.core.calibration_file import read_calibration
+from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_dir, canonical_json, read_json, sha256_file, sha256_text
 
 REWARD_MODEL_VERSION = 1
 SPEC_FILE = "reward_model.json"

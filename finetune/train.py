@@ -27,10 +27,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-
-from finetune.config import config_dataclass, config_to_dict, stage_main
-from finetune.files import VlmrError, atomic_write_json, atomic_write_text
-from finetune.lit_module import (
+from vlmr.finetune.lit_module import (
     ClipFinetuneModule,
     LoraSection,
     LossSection,
@@ -38,7 +35,11 @@ from finetune.lit_module import (
     NonFiniteLossError,
     OptimSection,
 )
-from finetune.provenance import run_info
+
+from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json, atomic_write_text
+from vlmr.core.provenance import run_info
 
 BASE_INIT_FILE = "base_init.safetensors"
 
@@ -172,8 +173,7 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
     path = run_dir / BASE_INIT_FILE
     if not path.is_file():
         from safetensors.torch import save_file
-
-        from finetune.models import create_clip
+        from vlmr.finetune.models import create_clip
 
         torch.manual_seed(cfg.seed)
         clip, _ = create_clip(model.arch)
@@ -197,9 +197,9 @@ def json_safe(obj):
 def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     """Train, validate, export the reward model; returns the summary (also written to summary.json)."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from vlmr.finetune.datamodule import ShardDataModule
 
-    from finetune.datamodule import ShardDataModule
-    from finetune.shards import split_shards
+    from vlmr.core.dataset import split_shards
 
     tc = cfg.trainer
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -280,7 +280,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     return stage_main(argv, FinetuneConfig, finetune, "vlmr finetune",
-                      "Adapt a CLIP reward model with LoRA (or train it fully) on frame-caption shards.")
+                      "Adapt a CLIP reward model with LoRA (or train it fully) on frame-caption shards.",
+                      kind="finetune")
 
 
 if __name__ == "__main__":

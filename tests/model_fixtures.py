@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from finetune.models import create_clip
-from finetune.reward_model import RewardModel
+from vlmr.finetune.models import create_clip
+from vlmr.finetune.reward_model import RewardModel
 
 GOALS = ["go to the red ball", "go to the blue key", "open the green door"]
 

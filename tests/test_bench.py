@@ -1,6 +1,6 @@
 """`vlmr bench` pieces that are cheap enough for the fast suite (the full run is `make bench`)."""
 
-from rl.bench import bench_cache, goal_lines
+from vlmr.bench.run import bench_cache, goal_lines
 
 
 def test_frame_cache_bench_gives_identical_rewards_and_hits():
@@ -23,7 +23,7 @@ def test_flop_count_matches_a_hand_count_and_the_table_has_it():
     import torch
     from torch import nn
 
-    from finetune.bench_reward import image_flops_per_frame, markdown, reward_throughput
+    from vlmr.bench.reward import image_flops_per_frame, markdown, reward_throughput
 
     class Linear(nn.Module):  # encode_image: a 3*8*8 -> 5 matmul, so 2 * 192 * 5 FLOPs per frame
         def __init__(self):

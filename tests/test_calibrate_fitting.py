@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-from calibrate.fitting import (
+from vlmr.calibrate.fitting import (
     CalibrationWarning,
     ThresholdCriterion,
     choose_threshold,

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
-from calibrate.fitting import goal_probs
-from calibrate.metrics import add_before, binary_metrics, evaluate_scores, macro_average
+from vlmr.calibrate.fitting import goal_probs
+from vlmr.calibrate.metrics import add_before, binary_metrics, evaluate_scores, macro_average
 
 GOALS = ["a red circle", "a blue square", "a green star"]
 

@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from vlmr.calibrate.fit import CalibrateConfig, calibrate
+from vlmr.calibrate.fitting import CalibrationWarning
+from vlmr.finetune.reward_model import RewardModel
 
-from calibrate.fit import CalibrateConfig, calibrate
-from calibrate.fitting import CalibrationWarning
-from finetune.calibration_file import read_calibration
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from finetune.shards import load_split_arrays, read_manifest
+from vlmr.core.calibration_file import read_calibration
+from vlmr.core.dataset import load_split_arrays, read_manifest
+from vlmr.core.errors import VlmrError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -187,7 +187,7 @@ def test_bad_data_gives_clear_errors(calibrated, babyai_dataset, tmp_path):
 
 
 def test_cli_runs_and_reports_bad_config(calibrated, tmp_path, capsys):
-    from rl.cli import main
+    from vlmr.cli import main
 
     cfg, _, _ = calibrated
     yaml_path = tmp_path / "cal.yaml"

@@ -8,7 +8,7 @@ import numpy as np
 from model_fixtures import GOALS, tiny_reward_model  # noqa: F401
 from PIL import Image
 
-from rl.cli import main
+from vlmr.cli import main
 
 
 def test_help_lists_commands(capsys):
@@ -55,7 +55,7 @@ def test_score_errors_are_one_line_messages(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "rl.cli", "models"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "vlmr.cli", "models"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "vlmr-small" in out.stdout
 
 

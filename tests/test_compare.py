@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 import yaml
+from vlmr.finetune.reward_model import RewardModel
+from vlmr.rl.envs.babyai_goals import family_goals
+from vlmr.rl.experiments.compare import CompareConfig, compare
 
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from rl.compare import CompareConfig, compare
-from rl.goals import family_goals
+from vlmr.core.errors import VlmrError
 
 RL = dict(env_id="BabyAI-GoToObj-v0", total_timesteps=256, num_envs=4, num_steps=64, eval_episodes=4,
           final_eval_episodes=4, actions=["left", "right", "forward"], progress=False, logger="none", image_size=64)
@@ -87,7 +87,7 @@ def test_shards_then_aggregate(tmp_path, rm_dir, capsys):
 def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):
     with pytest.raises(VlmrError, match="no finished runs"):
         compare(config(tmp_path, rm_dir), aggregate_only=True)
-    from finetune.config import load_config
+    from vlmr.core.config import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"rl": {"reward_model": rm_dir}}))
@@ -103,7 +103,7 @@ def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):
 
 
 def test_cli_shard_and_aggregate(tmp_path, rm_dir):
-    from rl.cli import main
+    from vlmr.cli import main
 
     path = tmp_path / "cmp.yaml"
     path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "cmp"), "num_seeds": 1, "rl": {**RL, "goal_encoding":

@@ -1,12 +1,11 @@
-"""rl.stats: precision/recall, bootstrap CIs, normalised AUC, JSON-safe NaNs."""
+"""vlmr.rl.experiments.stats: precision/recall, bootstrap CIs, normalised AUC, JSON-safe NaNs."""
 
 import math
 
 import numpy as np
 import pytest
-
-from rl.compare import difference_ci
-from rl.stats import (
+from vlmr.rl.experiments.compare import difference_ci
+from vlmr.rl.experiments.stats import (
     bootstrap_band,
     bootstrap_ci,
     nan_to_none,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from finetune.config import config_dataclass, load_config
-from finetune.files import VlmrError
+from vlmr.core.config import config_dataclass, load_config
+from vlmr.core.errors import VlmrError
 
 
 @config_dataclass
@@ -53,13 +53,13 @@ def test_every_shipped_pipeline_and_rl_config_loads_with_its_stage_sections():
     """A typo in a shipped YAML (or a key a refactor renamed) fails here, not an hour into `make demo`."""
     from pathlib import Path
 
-    from calibrate.fit import CalibrateConfig
-    from finetune.train import FinetuneConfig
-    from rl.collect import CollectConfig
-    from rl.compare import CompareConfig
-    from rl.pipeline import PipelineConfig, stage_config
-    from rl.ppo import PPOConfig
-    from rl.scaling import ScalingConfig, chain_config
+    from vlmr.calibrate.fit import CalibrateConfig
+    from vlmr.finetune.train import FinetuneConfig
+    from vlmr.rl.agent.ppo import PPOConfig
+    from vlmr.rl.collect.collect import CollectConfig
+    from vlmr.rl.experiments.compare import CompareConfig
+    from vlmr.rl.experiments.pipeline import PipelineConfig, stage_config
+    from vlmr.rl.experiments.scaling import ScalingConfig, chain_config
 
     for path in sorted(Path("configs/rl").glob("*.yaml")):
         load_config(CompareConfig if path.stem.startswith("compare") else PPOConfig, str(path))

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
+from vlmr.finetune.reward_model import RewardModel
+from vlmr.rl.agent.ppo import PPOConfig, train
+from vlmr.rl.agent.vector_envs import make_vector_env, missions
+from vlmr.rl.envs.crafter_gym import CrafterGoalEnv
 
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from rl.crafter_gym import CrafterGoalEnv
-from rl.ppo import PPOConfig, train
-from rl.ppo_envs import make_vector_env, missions
+from vlmr.core.errors import VlmrError
 
 NOOP = 0
 

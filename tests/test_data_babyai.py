@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vlmr.rl.envs import babyai
+from vlmr.rl.envs import babyai_goals as goals
 
-from finetune.files import VlmrError
-from finetune.shards import load_split_arrays, read_manifest
-from rl import babyai, goals
+from vlmr.core.dataset import load_split_arrays, read_manifest
+from vlmr.core.errors import VlmrError
 
 
 @pytest.fixture

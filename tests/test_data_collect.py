@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+from vlmr.finetune.datamodule import ShardDataModule
+from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect, main
 
-from finetune.datamodule import ShardDataModule
-from finetune.files import VlmrError, read_json
-from finetune.shards import iter_split, load_split_arrays, read_manifest
-from rl.collect import CollectConfig, SplitFrames, collect, main
+from vlmr.core.dataset import iter_split, load_split_arrays, read_manifest
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import read_json
 
 
 def shapes_cfg(out, **kw) -> CollectConfig:
@@ -26,7 +27,7 @@ def keys(out, split):
 
 
 def test_splits_share_no_env_seed_or_layout(babyai_dataset):
-    from rl.babyai import make_env
+    from vlmr.rl.envs.babyai import make_env
 
     seeds = {}
     for split in ("train", "val", "test"):
@@ -158,7 +159,7 @@ def test_negative_keep_balances(tmp_path):
 
 
 def test_cli_errors_name_what_exists(tmp_path, capsys):
-    from rl.cli import main as vlmr
+    from vlmr.cli import main as vlmr
 
     assert vlmr(["collect", "--source", "shapes", f"out_dir={tmp_path}/x", "source=gridworld", "--quiet"]) == 2
     assert "sources are shapes, babyai, crafter" in capsys.readouterr().err
@@ -175,7 +176,7 @@ def test_cli_errors_name_what_exists(tmp_path, capsys):
 def test_every_config_loads():
     from pathlib import Path
 
-    from finetune.config import load_config
+    from vlmr.core.config import load_config
 
     root = Path(__file__).resolve().parent.parent / "configs" / "data"
     names = sorted(p.stem for p in root.glob("*.yaml"))
@@ -204,7 +205,7 @@ def test_sigkill_then_resume(tmp_path):
     import time
 
     out = tmp_path / "k"
-    args = [sys.executable, "-m", "rl.cli", "collect", "--source", "babyai_goto", f"out_dir={out}",
+    args = [sys.executable, "-m", "vlmr.cli", "collect", "--source", "babyai_goto", f"out_dir={out}",
             "frames.train=3000", "frames.val=200", "frames.test=200", "shard_size=200", "--quiet"]
     proc = subprocess.Popen(args)
     deadline = time.time() + 60

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vlmr.rl.envs import crafter as ce
 
-from finetune.files import VlmrError
-from rl import crafter_env as ce
+from vlmr.core.errors import VlmrError
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vlmr.finetune.datamodule import ShardDataModule
+from vlmr.rl.envs import shapes
 
-from finetune.datamodule import ShardDataModule
-from finetune.files import VlmrError, read_json, sha256_file
-from finetune.shards import load_split_arrays, read_manifest
-from rl import shapes
+from vlmr.core.dataset import load_split_arrays, read_manifest
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import read_json, sha256_file
 
 
 def test_manifest_lists_shards_with_hashes_and_counts(shapes_dataset):
@@ -78,7 +79,7 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 
 
 def test_cli_source_shortcut(tmp_path):
-    from rl.collect import main
+    from vlmr.rl.collect.collect import main
 
     out = tmp_path / "s"
     assert main(["--source", "shapes", f"out_dir={out}", "frames.train=20", "frames.val=5", "frames.test=5",

@@ -5,13 +5,13 @@ import warnings
 
 import pytest
 import torch
+from vlmr.calibrate.evaluate import evaluate, main
+from vlmr.calibrate.fit import CalibrateConfig, calibrate
+from vlmr.calibrate.fitting import CalibrationWarning
+from vlmr.finetune.reward_model import RewardModel
 
-from calibrate.evaluate import evaluate, main
-from calibrate.fit import CalibrateConfig, calibrate
-from calibrate.fitting import CalibrationWarning
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from finetune.shards import read_manifest
+from vlmr.core.dataset import read_manifest
+from vlmr.core.errors import VlmrError
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_wandb_logging_offline(models, babyai_dataset, tmp_path, monkeypatch):
 
 
 def test_errors(models, babyai_dataset, tmp_path, capsys):
-    from rl.cli import main as vlmr
+    from vlmr.cli import main as vlmr
 
     data = ["--data", str(babyai_dataset), "--quiet"]
     # a calibration fitted for another model

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from vlmr.finetune.datamodule import ShardDataModule
+from vlmr.finetune.lit_module import ClipFinetuneModule, lora_target_regex
+from vlmr.finetune.models import create_clip
+from vlmr.finetune.reward_model import RewardModel
+from vlmr.finetune.train import FinetuneConfig, finetune
 
-from finetune.config import build_config, load_config
-from finetune.datamodule import ShardDataModule
-from finetune.files import VlmrError
-from finetune.lit_module import ClipFinetuneModule, lora_target_regex
-from finetune.models import create_clip
-from finetune.reward_model import RewardModel
-from finetune.train import FinetuneConfig, finetune
+from vlmr.core.config import build_config, load_config
+from vlmr.core.errors import VlmrError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "finetune"
 
@@ -82,7 +82,7 @@ def test_lora_targets_follow_the_config(tmp_path):
 
 
 def _lora():
-    from finetune.lit_module import LoraSection
+    from vlmr.finetune.lit_module import LoraSection
 
     return LoraSection()
 
@@ -176,7 +176,7 @@ def test_resume_continues_the_step_count(lora_run, tmp_path):
 
 
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_resumes(shapes_dataset, tmp_path, monkeypatch):
-    from finetune import losses
+    from vlmr.finetune import losses
 
     real = losses.GoalClassificationLoss.forward
     calls = []
@@ -238,7 +238,7 @@ def test_bad_inputs_give_clear_errors(shapes_dataset, tmp_path, capsys):
         finetune(make_cfg(tmp_path, shapes_dataset, model={"goals": ["go to the red ball"]}))
     with pytest.raises(VlmrError, match="unknown key 'lora.rank'"):
         make_cfg(tmp_path, shapes_dataset, lora={"rank": 4})
-    from rl.cli import main as vlmr
+    from vlmr.cli import main as vlmr
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"name: x\ndata: {{dir: {tmp_path / 'nope'}}}\n")
@@ -249,7 +249,7 @@ def test_bad_inputs_give_clear_errors(shapes_dataset, tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate_and_run_with_heavy_parts_mocked(path, shapes_dataset, tmp_path, monkeypatch):
     """Each config loads, builds its module and Trainer; the CLIP is vlmr-tiny and fit/validate are no-ops."""
-    import finetune.lit_module as lit
+    import vlmr.finetune.lit_module as lit
 
     created, calls = [], {}
     real_create = lit.create_clip

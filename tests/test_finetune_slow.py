@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow  # two training processes plus a dataset build: ~1 minute on 2 cores
 def test_ddp_two_cpu_processes(tmp_path):
-    from rl.collect import CollectConfig, SplitFrames, collect
+    from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect
 
     # shards of 64 so that each of the two processes gets its own train and val shards
     data = collect(CollectConfig(name="shapes", source="shapes", out_dir=str(tmp_path / "data"), image_size=64,
@@ -30,7 +30,7 @@ def test_ddp_two_cpu_processes(tmp_path):
                    "trainer: {max_steps: 6, checkpoint_every_n_steps: 3, accelerator: cpu, devices: 2, strategy: ddp,"
                    " progress_bar: false}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "finetune.train", str(cfg)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "vlmr.finetune.train", str(cfg)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
@@ -43,7 +43,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 @pytest.mark.slow  # builds a model in two fresh subprocesses
 def test_bench_lora_reports_fraction_speed_and_memory():
-    from finetune.bench_lora import bench_lora, format_results
+    from vlmr.bench.lora import bench_lora, format_results
 
     results = bench_lora(["vlmr-tiny"], batch_size=4, steps=1)
     r = results["vlmr-tiny"]

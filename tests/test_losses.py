@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from finetune.losses import (
+from vlmr.finetune.losses import (
     GoalClassificationLoss,
     MultiPositiveClipLoss,
     goal_classification_loss,

@@ -3,9 +3,9 @@
 import json
 
 import yaml
+from vlmr.rl.experiments.pipeline import PipelineConfig, pipeline
 
-from finetune.config import load_config
-from rl.pipeline import PipelineConfig, pipeline
+from vlmr.core.config import load_config
 
 
 def write_config(tmp_path, adapt_steps: int) -> str:
@@ -13,7 +13,7 @@ def write_config(tmp_path, adapt_steps: int) -> str:
         "name": "smoke", "runs_dir": str(tmp_path / "runs"), "data_dir": str(tmp_path / "data"),
         "arch": "vlmr-tiny", "image_size": 64, "control": False,
         "goal_templates": {"goto": ["a {color} {type} right in front of you"]},
-        "shapes": {"config": "configs/data/shapes.yaml",
+        "shapes": {"config": "data/shapes",
                    "set": {"frames": {"train": 128, "val": 32, "test": 32}, "shard_size": 64}},
         "domain": {"config": "configs/data/babyai_goto.yaml",
                    "set": {"frames": {"train": 192, "val": 96, "test": 96}, "shard_size": 96}},
@@ -73,7 +73,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
 
 
 def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
-    from rl.scaling import ScalingConfig, scaling
+    from vlmr.rl.experiments.scaling import ScalingConfig, scaling
 
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump({"name": "study", "pipeline": write_config(tmp_path, adapt_steps=2),
@@ -102,7 +102,7 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
 def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
     import pytest
 
-    from finetune.files import VlmrError
+    from vlmr.core.errors import VlmrError
 
     for bad, message in (("runs/none/base.safetensors", "not found"), ("no_such_tag", "unknown pretrained tag")):
         cfg = load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2), [f"base_pretrained={bad}"])
@@ -113,8 +113,7 @@ def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
 
 def test_only_an_interrupted_attempt_with_the_same_config_resumes(tmp_path):
     import pytest
-
-    from rl.pipeline import StageRunner
+    from vlmr.rl.experiments.pipeline import StageRunner
 
     runner = StageRunner(tmp_path, force=set())
     assert not runner.interrupted("adapted", {"steps": 2})  # never started
@@ -132,13 +131,13 @@ def test_only_an_interrupted_attempt_with_the_same_config_resumes(tmp_path):
 
 def test_scaling_bad_configs_name_the_problem(tmp_path):
     import pytest
+    from vlmr.rl.experiments.scaling import ScalingConfig, scaling
 
-    from finetune.files import VlmrError
-    from rl.scaling import ScalingConfig, scaling
+    from vlmr.core.errors import VlmrError
 
     tiny = {"arch": "vlmr-tiny", "image_size": 64}
     for models, pipeline_yaml, message in (([tiny, tiny], "configs/pipeline/babyai_demo.yaml", "twice"),
-                                           ([tiny], "configs/pipeline/nope.yaml", "nope.yaml")):
+                                           ([tiny], "pipeline/nope.yaml", "nope")):
         path = tmp_path / "scaling.yaml"
         path.write_text(yaml.safe_dump({"name": "s", "pipeline": pipeline_yaml, "models": models,
                                         "runs_dir": str(tmp_path / "runs")}))

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from vlmr.finetune.reward_model import RewardModel
+from vlmr.rl.agent.ppo import Agent, PPOConfig, compute_gae, policy_loss, train, value_loss
+from vlmr.rl.envs.babyai_goals import family_goals
 
-from finetune.calibration_file import write_calibration
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from rl.goals import family_goals
-from rl.ppo import Agent, PPOConfig, compute_gae, policy_loss, train, value_loss
+from vlmr.core.calibration_file import write_calibration
+from vlmr.core.errors import VlmrError
 
 TINY = dict(total_timesteps=256, num_envs=4, num_steps=64, eval_episodes=4, final_eval_episodes=4,
             actions=["left", "right", "forward"], progress=False)
@@ -131,7 +131,7 @@ def test_bad_input_errors(tmp_path, tiny_rm_dir):
 
 
 def test_cli_rejects_bad_config(tmp_path, capsys):
-    from rl.cli import main
+    from vlmr.cli import main
 
     cfg = tmp_path / "rl.yaml"
     cfg.write_text("env_id: BabyAI-GoToObj-v0\nactions: [left, jump]\n")

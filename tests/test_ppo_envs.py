@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
-
-from rl.babyai import render_frame
-from rl.ppo_envs import MemoRender, make_base_env, make_vector_env, missions
+from vlmr.rl.agent.vector_envs import MemoRender, make_base_env, make_vector_env, missions
+from vlmr.rl.envs.babyai import render_frame
 
 
 @pytest.mark.parametrize("env_id", ["BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-OpenDoorColor-v0"])

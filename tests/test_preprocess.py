@@ -6,10 +6,10 @@ import pytest
 from model_fixtures import tiny_clip  # noqa: F401
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from vlmr.finetune.models import image_preprocess_cfg
+from vlmr.finetune.preprocess import preprocess_frames
 
-from finetune.files import VlmrError
-from finetune.models import image_preprocess_cfg
-from finetune.preprocess import preprocess_frames
+from vlmr.core.errors import VlmrError
 
 # One uint8 level of difference after resampling, divided by the smallest CLIP std (0.261),
 # is 0.015; PIL and torchvision round bicubic weights differently by up to two levels.

@@ -3,8 +3,7 @@
 import math
 
 import torch
-
-from finetune.reward_math import (
+from vlmr.finetune.reward_math import (
     all_goal_log_probs,
     binary_reward,
     ensemble_text_embeddings,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import GOALS, tiny_reward_model  # noqa: F401
+from vlmr.finetune.reward_model import RewardModel, make_spec
 
-from finetune.calibration_file import write_calibration
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel, make_spec
+from vlmr.core.calibration_file import write_calibration
+from vlmr.core.errors import VlmrError
 
 
 def frames(n, size=64, seed=0):
@@ -68,7 +68,7 @@ def test_save_load_round_trip_and_stable_identity(tiny_reward_model, tmp_path):
     assert spec["pretrained"] == "open_clip_model.safetensors" and spec["version"] == 1
     other = RewardModel.load(tmp_path / "a")
     other_spec = make_spec(**{**spec, "goals": GOALS[:2]})
-    from finetune.reward_model import identity_hash
+    from vlmr.finetune.reward_model import identity_hash
     assert identity_hash(other_spec, None) != other.model_id
 
 
@@ -164,7 +164,7 @@ def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
 
 
 def test_reward_model_id_without_loading_weights(tiny_reward_model, tmp_path):
-    from finetune.reward_model import reward_model_id
+    from vlmr.finetune.reward_model import reward_model_id
 
     tiny_reward_model.save(tmp_path / "rm")
     assert reward_model_id(tmp_path / "rm") == tiny_reward_model.model_id

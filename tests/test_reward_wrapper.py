@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from vlmr.finetune.reward_model import RewardModel
+from vlmr.rl.agent.reward_wrapper import FrameCache, VLMReward
+from vlmr.rl.envs.babyai_goals import family_goals
 
-from finetune.files import VlmrError
-from finetune.reward_model import RewardModel
-from rl.goals import family_goals
-from rl.reward_wrapper import FrameCache, VLMReward
+from vlmr.core.errors import VlmrError
 
 ENV_ID = "BabyAI-GoToObj-v0"  # one object per room, missions "go to the {colour} {type}"
 
 
 def babyai(render=True):
     def thunk():
-        from rl.babyai import make_env
+        from vlmr.rl.envs.babyai import make_env
 
         return make_env(ENV_ID, image_size=64) if render else gym.make(ENV_ID)
     return thunk

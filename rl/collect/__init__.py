@@ -1,0 +1,1 @@
+"""`vlmr collect`: environments -> labelled, captioned frames in webdataset shards."""

@@ -1,0 +1,342 @@
+"""`vlmr collect`: render labelled, captioned frames into webdataset shards.
+
+    vlmr collect --source shapes                                  # generic corpus for the base CLIP
+    vlmr collect configs/data/babyai_goto.yaml --workers 2        # BabyAI GoToLocal, egocentric 64 px
+    vlmr collect configs/data/babyai_goto.yaml frames.train=20000 out_dir=data/big --workers 2
+    vlmr collect configs/data/crafter.yaml --resume               # continue a killed collection
+    flock /tmp/vlmr-heavy.lock vlmr collect configs/data/babyai_goto.yaml out_dir=/tmp/bench overwrite=true
+
+Layout and format: DESIGN.md. Each shard is a fixed unit of work: shard i of a
+split holds the episodes whose numbers start at i * 10000, and episode e of a
+split uses env seed `seed + split_offset + e` (train, val and test offsets are
+10^8 apart), so no layout is shared between splits and a shard's content
+depends only on the config. That makes `--workers N` a pool over shards and
+`--resume` exact: finished shards (tar + a progress record whose sha256
+matches) are kept, the rest are rewritten from scratch, so no sample is ever
+duplicated. `manifest.json` is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from vlmr.core.config import build_config, config_dataclass, config_to_dict, load_config, shipped_configs
+from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shard_name, write_manifest
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json, canonical_json, read_json, sha256_file, sha256_text
+
+EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
+SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
+SOURCES = ("shapes", "babyai", "crafter")
+PROGRESS_DIR = ".progress"
+
+
+@config_dataclass
+class SplitFrames:
+    train: int = 4000  # frames in the train split
+    val: int = 500  # frames in the val split
+    test: int = 500  # frames in the test split
+
+
+@config_dataclass
+class CollectConfig:
+    name: str = "shapes"  # dataset name, recorded in the manifest
+    source: str = "shapes"  # shapes | babyai | crafter
+    out_dir: str = "data/shapes"  # folder for {split}-NNNNNN.tar shards and manifest.json
+    env_id: str = ""  # environment id for source=babyai (e.g. BabyAI-GoToLocal-v0); crafter ignores it
+    env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
+    goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals)
+    view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | topdown (whole grid)
+    image_size: int = 64  # frame side in pixels, the reward model's input size
+    frames: SplitFrames = dataclasses.field(default_factory=SplitFrames)  # frames per split
+    shard_size: int = 1000  # frames per shard (at most 10000)
+    seed: int = 0  # base seed; env seeds are derived from it per split and episode
+    max_steps: int = 64  # step cap per episode (behaviour policy steps)
+    noise: float = 0.2  # probability that a behaviour step is a random action instead of the bot's
+    linger: int = 3  # noisy steps still recorded after the episode's mission is achieved
+    negative_keep: float = 1.0  # share of own-goal-negative frames kept; below 1 balances the data
+    mission_in_goals: bool = True  # skip episodes whose mission is not in the goal set (e.g. "go to a ball")
+    shapes_max_objects: int = 3  # shapes: most objects per scene
+    shapes_viewer_prob: float = 0.35  # shapes: share of viewer scenes ("right in front of you")
+    overwrite: bool = False  # replace an existing dataset in out_dir (with --resume: only one of another config)
+
+
+def make_source(cfg: CollectConfig):
+    if cfg.source == "shapes":
+        from vlmr.rl.envs.shapes import ShapesSource
+
+        return ShapesSource(cfg.image_size, cfg.shapes_max_objects, cfg.shapes_viewer_prob, cfg.goals)
+    if cfg.source == "babyai":
+        from vlmr.rl.envs.babyai import BabyAISource
+
+        return BabyAISource(cfg.env_id, cfg.view, cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise, cfg.linger,
+                            cfg.mission_in_goals, cfg.env_mix)
+    if cfg.source == "crafter":
+        from vlmr.rl.envs.crafter import CrafterSource
+
+        return CrafterSource(cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise)
+    raise VlmrError(f"unknown data source {cfg.source!r}; sources are {', '.join(SOURCES)}")
+
+
+def validate(cfg: CollectConfig) -> None:
+    if not 1 <= cfg.shard_size <= EPISODE_STRIDE:
+        raise VlmrError(f"shard_size={cfg.shard_size} must be between 1 and {EPISODE_STRIDE}")
+    if not 0.0 < cfg.negative_keep <= 1.0:
+        raise VlmrError(f"negative_keep={cfg.negative_keep} must be in (0, 1]")
+    if cfg.frames.train < 1 or cfg.frames.val < 0 or cfg.frames.test < 0:
+        raise VlmrError(f"frames={cfg.frames} must be positive (train >= 1)")
+
+
+def fingerprint(cfg: CollectConfig) -> str:
+    """What decides shard content: the config minus where it goes and whether to overwrite."""
+    d = config_to_dict(cfg)
+    for k in ("out_dir", "overwrite", "name"):
+        d.pop(k)
+    return sha256_text(canonical_json(d))
+
+
+# ---------------------------------------------------------------- one shard (runs in a worker)
+
+_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int) -> dict:
+    """Write shard `index` of `split` with `nframes` frames; return its stats (also saved as a progress record)."""
+    cfg = build_config(CollectConfig, cfg_dict)
+    source = make_source(cfg)
+    out = Path(cfg.out_dir)
+    own_positives, pending = 0, 0
+    with ShardSink(out, split, index) as sink:
+        for j in range(EPISODE_STRIDE):
+            if sink.samples >= nframes:
+                break
+            episode = index * EPISODE_STRIDE + j
+            env_seed = cfg.seed + SPLIT_SEED_OFFSET[split] + episode
+            keep_rng = np.random.default_rng([env_seed, 7])
+            before = sink.samples
+            for step, (frame, m) in enumerate(source.episode(env_seed)):
+                labels, mission = m["labels"], m["mission"]
+                positive = labels.get(mission, 0) if mission in labels else int(any(labels.values()))
+                if not positive and cfg.negative_keep < 1.0 and keep_rng.random() >= cfg.negative_keep:
+                    continue
+                meta = {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step,
+                        "mission": mission, "labels": labels, "captions": m["captions"]}
+                sink.write(sample_key(episode, step), frame, meta)
+                own_positives += int(positive)
+                if sink.samples >= nframes:
+                    break
+            pending += sink.samples - before
+            if _QUEUE is not None and (pending >= 50 or sink.samples >= nframes):
+                _QUEUE.put((pending, own_positives))
+                pending, own_positives = 0, 0
+        else:
+            warnings.warn(f"{split} shard {index}: {EPISODE_STRIDE} episodes gave only {sink.samples} frames "
+                          f"(negative_keep={cfg.negative_keep} too low?)", stacklevel=1)
+    stats = dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg))
+    atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
+    return stats
+
+
+class _BarFeed:
+    """In-process stand-in for the workers' progress queue: updates the bar directly."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def put(self, item) -> None:
+        frames, positives = item
+        self.bar.positives += positives
+        self.bar.set_postfix(positives=self.bar.positives, refresh=False)
+        self.bar.update(frames)
+
+
+# ---------------------------------------------------------------- the whole dataset
+
+
+def plan(cfg: CollectConfig) -> list[tuple[str, int, int]]:
+    """(split, shard index, frames) for every shard of the dataset."""
+    tasks = []
+    for split in SPLITS:
+        total = getattr(cfg.frames, split)
+        for i in range(math.ceil(total / cfg.shard_size)):
+            tasks.append((split, i, min(cfg.shard_size, total - i * cfg.shard_size)))
+    return tasks
+
+
+def _finished(out: Path, split: str, index: int, fp: str, strict: bool) -> dict | None:
+    """The progress record of a complete shard, or None when the shard must be (re)written."""
+    rec_path, tar = out / PROGRESS_DIR / f"{split}-{index:06d}.json", out / shard_name(split, index)
+    if not rec_path.is_file() or not tar.is_file():
+        return None
+    try:
+        rec = read_json(rec_path, "progress record")
+    except VlmrError:
+        return None
+    if rec.get("fingerprint") != fp:
+        raise VlmrError(f"{out} was collected with a different config ({rec_path.name} differs); "
+                        "collect into a new out_dir, or pass overwrite=true to replace it")
+    if rec.get("sha256") != sha256_file(tar):
+        msg = f"shard {tar} does not match its progress record (corrupt or modified)"
+        if strict:
+            raise VlmrError(msg + "; rerun without --strict to rewrite it, or with overwrite=true")
+        warnings.warn(msg + "; rewriting it", stacklevel=2)
+        return None
+    return rec
+
+
+def _record_fingerprint(path: Path) -> str | None:
+    try:
+        return read_json(path, "progress record").get("fingerprint")
+    except (VlmrError, AttributeError):
+        return None
+
+
+def _prepare_out_dir(cfg: CollectConfig, resume: bool) -> Path:
+    out = Path(cfg.out_dir)
+    ours = [*out.glob("*.tar"), out / MANIFEST_FILE, out / PROGRESS_DIR, *out.glob(".*.tar.tmp")]
+    exists = [p for p in ours if p.exists()]
+    if exists and cfg.overwrite and resume:  # resume what this config wrote, replace anything else
+        fp = fingerprint(cfg)
+        records = list((out / PROGRESS_DIR).glob("*.json"))
+        same = bool(records) and all(_record_fingerprint(r) == fp for r in records)
+        resume = same
+    if exists and cfg.overwrite and not resume:
+        for p in exists:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif exists and not resume:
+        state = "complete" if (out / MANIFEST_FILE).exists() else "incomplete (no manifest.json)"
+        raise VlmrError(f"dataset {out} already exists and is {state}; pass --resume to continue it or "
+                        "overwrite=true to replace it")
+    for tmp in out.glob(".*.tar.tmp"):  # shards a killed run left half-written
+        tmp.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _run_tasks(cfg: CollectConfig, todo, workers: int, bar) -> list[dict]:
+    cfg_dict = config_to_dict(cfg)
+    if workers <= 1:
+        _init_worker(_BarFeed(bar))
+        try:
+            return [collect_shard(cfg_dict, split, index, n) for split, index, n in todo]
+        finally:
+            _init_worker(None)
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")  # no forked copies of the parent's threads (tqdm, torch)
+    q, feed = ctx.Queue(), _BarFeed(bar)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(q,)) as pool:
+        pending = [pool.apply_async(collect_shard, (cfg_dict, *t)) for t in todo]
+        while True:
+            try:
+                feed.put(q.get(timeout=0.2))
+            except queue_mod.Empty:
+                if all(r.ready() for r in pending):
+                    break
+        return [r.get() for r in pending]
+
+
+def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1, strict: bool = False,
+            progress: bool = True, stop_after: int | None = None) -> Path:
+    """Collect the dataset described by `cfg`; returns its folder. `stop_after` (tests) stops after N shards."""
+    from tqdm import tqdm
+
+    from vlmr.core.provenance import run_info
+
+    validate(cfg)
+    source = make_source(cfg)  # fail fast on a bad env id or goal set, before touching the folder
+    out = _prepare_out_dir(cfg, resume)
+    fp = fingerprint(cfg)
+    tasks = plan(cfg)
+    done = {(s, i): rec for s, i, _ in tasks if (rec := _finished(out, s, i, fp, strict))}
+    todo = [t for t in tasks if (t[0], t[1]) not in done]
+    if stop_after is not None:
+        todo = todo[:stop_after]
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(n for *_, n in todo), unit="frame", desc=f"collect {cfg.name}", disable=not progress,
+               smoothing=0.1, dynamic_ncols=True)
+    bar.positives = 0
+    with bar:
+        for rec in _run_tasks(cfg, todo, max(1, workers), bar):
+            done[(rec["split"], rec["index"])] = rec
+    seconds = time.perf_counter() - t0
+    if stop_after is not None and len(done) < len(tasks):
+        return out
+    splits = {s: [done[(s, i)] for s2, i, _ in tasks if s2 == s] for s in SPLITS}
+    cfg_dict = config_to_dict(cfg)
+    manifest = write_manifest(out, name=cfg.name, source=cfg.source, goals=source.goals, image_size=cfg.image_size,
+                              view=source.view, splits=splits, config=cfg_dict, run=run_info(cfg_dict, cfg.seed),
+                              extra={"fingerprint": fp})
+    if progress:
+        print(report(read_json(manifest), sum(n for *_, n in todo), seconds, workers))
+    return out
+
+
+def report(manifest: dict, new_frames: int, seconds: float, workers: int) -> str:
+    """Positive rate per goal on the train split, and a one-line summary."""
+    train = manifest["splits"]["train"]
+    n = max(1, train["samples"])
+    rates = sorted(((train["positives"].get(g, 0) / n, g) for g in manifest["goals"]), reverse=True)
+    lines = [f"positive rate per goal (train, {train['samples']} frames):"]
+    lines += [f"  {r:6.1%}  {g}" for r, g in rates]
+    counts = " / ".join(f"{s} {e['samples']}" for s, e in manifest["splits"].items())
+    fps = new_frames / seconds if seconds > 0 else float("nan")
+    lines.append(f"collected {manifest['name']}: {counts} frames; {new_frames} new in {seconds:.1f} s "
+                 f"({fps:.0f} frames/s, {workers} worker(s)); manifest: {manifest['source']} {len(manifest['goals'])} goals")
+    return "\n".join(lines)
+
+
+def config_for_source(source: str) -> Path:
+    """The shipped data config named `source` (data/shapes.yaml for --source shapes)."""
+    shipped = shipped_configs()
+    if f"data/{source}" not in shipped:
+        known = sorted(k.removeprefix("data/") for k in shipped if k.startswith("data/"))
+        raise VlmrError(f"no shipped data config for --source {source!r}; known: {', '.join(known)}")
+    return shipped[f"data/{source}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlmr collect", description="Collect frame-caption data into webdataset shards.")
+    parser.add_argument("config", nargs="?", help="YAML config (configs/data/*.yaml); optional with --source")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (frames.train=2000 out_dir=data/x)")
+    parser.add_argument("--source", help="shortcut for configs/data/SOURCE.yaml (shapes, babyai_goto, ...)")
+    parser.add_argument("--resume", action="store_true", help="continue after the last complete shard")
+    parser.add_argument("--workers", type=int, default=1, help="parallel collection processes")
+    parser.add_argument("--strict", action="store_true", help="a corrupt shard is an error, not a warning")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = list(args.overrides)
+    if args.source:
+        if args.config is not None:
+            overrides.insert(0, args.config)  # with --source every positional is an override
+        path = config_for_source(args.source)
+    elif args.config is None:
+        parser.error("give a CONFIG file or --source NAME")
+    else:
+        path = args.config
+        if "=" in args.config and not Path(path).exists():
+            raise VlmrError(f"first argument {args.config!r} looks like an override; give the config file first")
+    if args.workers < 1:
+        raise VlmrError(f"--workers {args.workers}: need at least 1")
+    cfg = load_config(CollectConfig, path, overrides, kind="data")
+    collect(cfg, resume=args.resume, workers=args.workers, strict=args.strict, progress=not args.quiet)
+    return 0
+
+
+__all__ = ["CollectConfig", "SplitFrames", "collect", "collect_shard", "main", "make_source"]

@@ -1,0 +1,258 @@
+"""BabyAI (minigrid) environments, frames, goal sets, ground-truth labellers and the collection source.
+
+    env = make_env("BabyAI-GoToLocal-v0", view="egocentric", image_size=64, seed=0)
+    obs, _ = env.reset(seed=0)
+    frame = env.render()                                   # uint8 64 x 64 x 3, the agent's point of view
+    goals = goal_set("BabyAI-GoToLocal-v0")               # 18 x "go to the {color} {ball|box|key}"
+    labels = label_goals(env.unwrapped, goals)             # {goal: 0/1} from the env state
+    vlmr collect configs/data/babyai_goto.yaml
+
+Views: "egocentric" (default) is minigrid's point-of-view render of the 7 x 7
+cells ahead, agent at the bottom centre, the faced cell just above it, a
+carried object drawn in the agent's cell. "topdown" is the whole grid. Frames
+are rendered directly at the model's size by picking the tile size
+(image_size // cells) and padding the few leftover pixels with black, so no
+resize is needed (64 px: tile 9 -> 63 px + 1; 112 px: tile 16 exactly).
+
+Labels (every goal of the set, for every frame):
+  "go to the C T"    the agent faces a C T in the adjacent cell (BabyAI's own success test)
+  "pick up the C T"  the agent carries a C T
+  "open the C door"  a C door anywhere in the grid is open
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from vlmr.rl.envs.babyai_goals import (
+    ALL_TYPES,
+    FAMILIES,
+    OBJECT_TYPES,
+    family_goals,
+    goal_sentence,
+    parse_goal,
+    state_captions,
+    try_parse_goal,
+)
+
+from vlmr.core.errors import VlmrError
+
+VIEWS = ("egocentric", "topdown")
+# env id -> (family, object types of its goal set). Missions outside the set (e.g. "go to a ball") are skipped.
+ENVS = {
+    **{f"BabyAI-{n}-v0": ("goto", OBJECT_TYPES) for n in (
+        "GoToLocal", "GoToObj", "GoToObjS4", "GoToRedBall", "GoToRedBallGrey", "GoToRedBallNoDists",
+        "GoToRedBlueBall", "GoToLocalS5N2", "GoToLocalS6N2", "GoToLocalS6N3", "GoToLocalS6N4", "GoToLocalS7N4",
+        "GoToLocalS7N5", "GoToLocalS8N2", "GoToLocalS8N3", "GoToLocalS8N4", "GoToLocalS8N5", "GoToLocalS8N6",
+        "GoToLocalS8N7")},
+    "BabyAI-GoToObjS6-v1": ("goto", OBJECT_TYPES),
+    **{f"BabyAI-{n}-v0": ("goto", ALL_TYPES) for n in ("GoTo", "GoToDoor", "GoToObjDoor", "GoToObjMaze",
+                                                        "GoToObjMazeOpen")},
+    **{f"BabyAI-{n}-v0": ("pickup", OBJECT_TYPES) for n in ("Pickup", "PickupLoc", "PickupDist", "UnblockPickup")},
+    **{f"BabyAI-{n}-v0": ("open", ("door",)) for n in ("Open", "OpenRedDoor", "OpenDoorColor")},
+}
+
+
+def _check_env_id(env_id: str) -> tuple[str, tuple[str, ...]]:
+    if env_id not in ENVS:
+        raise VlmrError(f"unknown or unsupported BabyAI environment {env_id!r}; supported: {', '.join(ENVS)}")
+    return ENVS[env_id]
+
+
+def goal_set(family_or_env_id: str) -> list[str]:
+    """The goals labelled for a family ('goto', 'pickup', 'open') or a supported env id."""
+    if family_or_env_id in FAMILIES:
+        return family_goals(family_or_env_id)
+    family, types = _check_env_id(family_or_env_id)
+    return family_goals(family, types)
+
+
+def canonical_mission(mission: str) -> str | None:
+    """'go to a grey key' -> 'go to the grey key'; None when the mission names no colour or does not parse."""
+    g = try_parse_goal(mission)
+    if g is None or g.color is None:
+        return None
+    return goal_sentence(g.family, g.color, g.type)
+
+
+def make_env(env_id: str, view: str = "egocentric", image_size: int = 64, seed: int | None = None):
+    """A gymnasium BabyAI env whose `render()` returns the frame (uint8 image_size x image_size x 3)."""
+    import gymnasium as gym
+    import minigrid  # noqa: F401 - registers the BabyAI envs
+
+    _check_env_id(env_id)
+    if view not in VIEWS:
+        raise VlmrError(f"unknown view {view!r}; views are {', '.join(VIEWS)}")
+
+    class _Render(gym.Wrapper):
+        def render(self):
+            return render_frame(self.env.unwrapped, view, image_size)
+
+    env = _Render(gym.make(env_id))
+    if seed is not None:
+        with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints "Sampling rejected" lines
+            env.reset(seed=seed)
+    return env
+
+
+def _pad(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    if h > size or w > size:
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top:top + h, left:left + w] = img
+    return out
+
+
+def _pov(env, image_size: int):
+    """Egocentric frame plus the view grid and visibility mask it was drawn from."""
+    n = env.agent_view_size
+    grid, vis = env.gen_obs_grid()
+    img = grid.render(max(1, image_size // n), agent_pos=(n // 2, n - 1), agent_dir=3, highlight_mask=vis)
+    return _pad(img, image_size), grid, vis
+
+
+def render_frame(env, view: str = "egocentric", image_size: int = 64) -> np.ndarray:
+    """The frame of an (unwrapped) minigrid env: uint8 image_size x image_size x 3."""
+    env = env.unwrapped
+    if view == "egocentric":
+        return _pov(env, image_size)[0]
+    if view == "topdown":
+        tile = max(1, image_size // max(env.width, env.height))
+        return _pad(env.grid.render(tile, env.agent_pos, env.agent_dir, None), image_size)
+    raise VlmrError(f"unknown view {view!r}; views are {', '.join(VIEWS)}")
+
+
+def _front(env):
+    fx, fy = env.front_pos
+    if 0 <= fx < env.width and 0 <= fy < env.height:
+        return env.grid.get(fx, fy)
+    return None
+
+
+def open_door_colors(env) -> set[str]:
+    return {o.color for o in env.grid.grid if o is not None and o.type == "door" and o.is_open}
+
+
+def _match(obj, goal) -> bool:
+    return obj is not None and obj.type == goal.type and (goal.color is None or obj.color == goal.color)
+
+
+def label_goals(env, goals: list[str]) -> dict[str, int]:
+    """Ground truth of every goal from the env state (see the module docstring for each family's rule)."""
+    env = env.unwrapped
+    front, carrying, doors = _front(env), env.carrying, None
+    labels = {}
+    for sentence in goals:
+        g = parse_goal(sentence)
+        if g.family == "goto":
+            labels[sentence] = int(_match(front, g))
+        elif g.family == "pickup":
+            labels[sentence] = int(_match(carrying, g))
+        else:
+            if doors is None:
+                doors = open_door_colors(env)
+            labels[sentence] = int(g.color in doors if g.color else bool(doors))
+    return labels
+
+
+def frame_captions(env, grid=None, vis=None, rng=None) -> list[str]:
+    """Paraphrased sentences about the egocentric frame, from the env state (canonical one first)."""
+    env = env.unwrapped
+    front = _front(env)
+    ft = (front.color, front.type) if front is not None and front.type in ALL_TYPES else None
+    carrying = (env.carrying.color, env.carrying.type) if env.carrying is not None else None
+    visible, open_doors = [], []
+    if grid is not None:
+        n = env.agent_view_size
+        for j in range(n - 1, -1, -1):  # nearest rows first
+            for i in range(n):
+                o = grid.get(i, j)
+                if o is None or not vis[i, j] or o.type not in ALL_TYPES or (i, j) in ((n // 2, n - 1), (n // 2, n - 2)):
+                    continue
+                if o.type == "door" and o.is_open:
+                    open_doors.append(o.color)
+                else:
+                    visible.append((o.color, o.type))
+    if front is not None and front.type == "door" and front.is_open and front.color not in open_doors:
+        open_doors.append(front.color)
+    return state_captions(ft, carrying, tuple(open_doors), tuple(visible),
+                          front_wall=front is not None and front.type == "wall", rng=rng)
+
+
+class BabyAISource:
+    """Collection source: episodes of minigrid's BabyAIBot with noisy actions, every frame labelled."""
+
+    name = "babyai"
+
+    def __init__(self, env_id: str, view: str = "egocentric", image_size: int = 64, goals: list[str] | None = None,
+                 max_steps: int = 64, noise: float = 0.2, linger: int = 3, mission_in_goals: bool = True,
+                 env_mix: list[str] | tuple[str, ...] = ()):
+        if not env_id:
+            raise VlmrError(f"source babyai needs env_id; supported: {', '.join(ENVS)}")
+        # episode k runs env (k mod n) of [env_id, *env_mix]: one dataset can cover several tasks' states,
+        # e.g. GoToLocal's distractor-rich rooms and the single-object rooms an agent trains in
+        self.env_ids = [env_id, *env_mix]
+        self.envs = {e: make_env(e, view, image_size) for e in self.env_ids}
+        self.view, self.image_size = view, image_size
+        self.goals = list(goals) if goals else goal_set(env_id)
+        for g in self.goals:
+            parse_goal(g)
+        self.goal_index = set(self.goals)
+        self.max_steps, self.noise, self.linger, self.mission_in_goals = max_steps, noise, linger, mission_in_goals
+
+    def _frame(self, u, rng):
+        if self.view == "egocentric":
+            frame, grid, vis = _pov(u, self.image_size)
+        else:
+            frame, grid, vis = render_frame(u, self.view, self.image_size), None, None
+        labels = label_goals(u, self.goals)
+        return frame, {"env": self.env_id, "mission": self.mission, "labels": labels,
+                       "captions": frame_captions(u, grid, vis, rng)}
+
+    def episode(self, env_seed: int):
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        self.env_id = self.env_ids[env_seed % len(self.env_ids)]
+        env = self.envs[self.env_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            env.reset(seed=env_seed)
+        u = env.unwrapped
+        self.mission = canonical_mission(u.mission) or u.mission
+        if self.mission_in_goals and self.mission not in self.goal_index:
+            return
+        rng = np.random.default_rng([env_seed, 1])
+        bot = BabyAIBot(u)
+        frame, meta = self._frame(u, rng)
+        yield frame, meta
+        moves = (u.actions.left, u.actions.right, u.actions.forward)
+        acts = (*moves, *moves, u.actions.pickup, u.actions.toggle)  # random steps mostly move
+        taken, left = None, None
+        for _ in range(self.max_steps):
+            if left is None:
+                try:
+                    action = bot.replan(taken)
+                except Exception:  # noqa: BLE001 - the bot cannot always recover from noise; stop acting as it
+                    left = self.linger
+                    action = acts[rng.integers(len(acts))]
+                suggested = action
+                if rng.random() < self.noise:
+                    action = acts[rng.integers(len(acts))]
+                taken = action if action != suggested else None
+            else:
+                if left <= 0:
+                    return
+                left -= 1
+                action = moves[rng.integers(len(moves))]
+            _, _, terminated, truncated, _ = u.step(action)
+            frame, meta = self._frame(u, rng)
+            yield frame, meta
+            if left is None and (terminated or action == u.actions.done or meta["labels"].get(self.mission)):
+                left = self.linger

@@ -1,0 +1,226 @@
+"""Crafter: goals from achievements, labels decidable from the frame, a scripted noisy policy.
+
+    vlmr collect configs/data/crafter.yaml
+    env = make_env(seed=0, image_size=64); frame = env.render()
+    labels = label_goals(env, GOALS)
+
+A Crafter frame is the 9 x 7 cells around the player plus a 9 x 2 inventory bar
+(items with count >= 1, with their count). A goal is labelled 1 exactly when
+the frame shows it (VISUAL_RULES):
+  collect wood / sapling / stone / coal / iron / diamond   that item is in the inventory bar
+  make a wood / stone / iron pickaxe, ... sword            that tool is in the inventory bar
+  place a table / furnace                                   a table / furnace is in the 9 x 7 view
+                                                            (they never occur naturally)
+  place a plant                                             a planted sapling is in the view
+                                                            (plants only come from placing saplings)
+Achievements a single frame cannot show are not goals: collect drink, eat cow,
+eat plant, defeat zombie/skeleton, wake up (momentary events), and place stone
+(natural stone is everywhere). Note the labels say what the frame shows, not
+whether the achievement was ever unlocked: wood spent on a table leaves the bar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlmr.core.errors import VlmrError
+
+INVENTORY_GOALS = {
+    "collect wood": "wood", "collect sapling": "sapling", "collect stone": "stone", "collect coal": "coal",
+    "collect iron": "iron", "collect diamond": "diamond",
+    "make a wood pickaxe": "wood_pickaxe", "make a stone pickaxe": "stone_pickaxe",
+    "make an iron pickaxe": "iron_pickaxe", "make a wood sword": "wood_sword",
+    "make a stone sword": "stone_sword", "make an iron sword": "iron_sword",
+}
+VIEW_GOALS = {"place a table": "table", "place a furnace": "furnace", "place a plant": "plant"}
+GOALS = [*INVENTORY_GOALS, *VIEW_GOALS]
+VISUAL_RULES = {**{g: f"'{item}' shown in the inventory bar (count >= 1)" for g, item in INVENTORY_GOALS.items()},
+                **{g: f"a {what} within the 9 x 7 cells in view" for g, what in VIEW_GOALS.items()}}
+VIEW_HALF = (4, 3)  # the local view spans player x +- 4, y +- 3
+_ITEM_WORDS = {"wood_pickaxe": "wood pickaxe", "stone_pickaxe": "stone pickaxe", "iron_pickaxe": "iron pickaxe",
+               "wood_sword": "wood sword", "stone_sword": "stone sword", "iron_sword": "iron sword"}
+
+
+def goal_set(name: str = "crafter") -> list[str]:
+    return list(GOALS)
+
+
+def make_env(seed: int = 0, image_size: int = 64, length: int = 10000):
+    import crafter
+
+    env = crafter.Env(size=(image_size, image_size), seed=seed, length=length)
+    env.reset()
+    return env
+
+
+def reseed(env, seed: int):
+    """Reset to the world of `seed` (crafter seeds worlds by (seed, episode number))."""
+    env._seed, env._episode = seed, 0
+    return env.reset()
+
+
+def _view_box(env):
+    (px, py), (hx, hy) = env._player.pos, VIEW_HALF
+    return max(0, px - hx), px + hx + 1, max(0, py - hy), py + hy + 1
+
+
+def in_view(env) -> set[str]:
+    """Materials and object kinds (lower-case class names) inside the local view."""
+    world = env._world
+    x0, x1, y0, y1 = _view_box(env)
+    found = {world._mat_names[i] for i in np.unique(world._mat_map[x0:x1, y0:y1]).tolist()}
+    found |= {type(o).__name__.lower() for o in world.objects if x0 <= o.pos[0] < x1 and y0 <= o.pos[1] < y1}
+    return found
+
+
+def label_goals(env, goals: list[str]) -> dict[str, int]:
+    inv = env._player.inventory
+    seen = None
+    labels = {}
+    for g in goals:
+        if g in INVENTORY_GOALS:
+            labels[g] = int(inv[INVENTORY_GOALS[g]] >= 1)
+        elif g in VIEW_GOALS:
+            seen = in_view(env) if seen is None else seen
+            labels[g] = int(VIEW_GOALS[g] in seen)
+        else:
+            raise VlmrError(f"unknown Crafter goal {g!r}; goals are {', '.join(GOALS)}")
+    return labels
+
+
+def captions(env, labels: dict[str, int], rng) -> list[str]:
+    inv, seen = env._player.inventory, in_view(env)
+    p = env._player
+    facing = env._world[(p.pos[0] + p.facing[0], p.pos[1] + p.facing[1])][0]
+    items = [_ITEM_WORDS.get(k, k) for k in INVENTORY_GOALS.values() if inv[k] >= 1]
+    groups = []
+    if items:
+        listed = ", ".join(items)
+        groups.append([f"the inventory holds {listed}", f"the player has collected {listed}",
+                       f"{listed} in the inventory bar"])
+    for what in ("table", "furnace", "plant"):
+        if what in seen:
+            name = {"table": "crafting table", "plant": "sapling plant"}.get(what, what)
+            groups.append([f"a {name} is in view", f"the player placed a {name}", f"there is a {name} nearby"])
+    if facing in ("tree", "water", "stone", "coal", "iron", "diamond", "table", "lava"):
+        groups.append([f"the player faces {'a ' if facing in ('tree', 'table') else ''}{facing}",
+                       f"the player stands next to {'a ' if facing in ('tree', 'table') else ''}{facing}"])
+    if not groups:
+        groups.append(["the player walks on the grass with an empty inventory", "an empty inventory",
+                       "the player has collected nothing yet"])
+    first = groups[0][0]
+    rest = [s for g in groups for s in g if s != first]
+    rng.shuffle(rest)
+    return [first, *rest]
+
+
+class ScriptedPolicy:
+    """Collect wood, place a table, make wood tools, then stone; plant saplings; epsilon-random steps."""
+
+    MOVES = {(-1, 0): 1, (1, 0): 2, (0, -1): 3, (0, 1): 4}
+
+    def __init__(self, env, rng, noise: float = 0.2):
+        import crafter
+
+        self.env, self.rng, self.noise = env, rng, noise
+        self.actions = {name: i for i, name in enumerate(crafter.constants.actions)}
+        self.random_actions = [i for n, i in self.actions.items() if n not in ("noop", "sleep")]
+        self.heading, self.wander = (1, 0), 0
+        self.roams = rng.random() < 0.5  # some episodes leave the table behind once tools are made
+
+    def _toward(self, target: str) -> int | None:
+        """Action to approach/face the nearest `target` material in view, or None if none is in view."""
+        world, p = self.env._world, self.env._player
+        x0, x1, y0, y1 = _view_box(self.env)
+        mask = world._mat_map[x0:x1, y0:y1] == world._mat_ids[target]
+        if not mask.any():
+            return None
+        xs, ys = np.nonzero(mask)
+        d = np.abs(xs + x0 - p.pos[0]) + np.abs(ys + y0 - p.pos[1])
+        k = int(np.argmin(d))
+        dx, dy = int(xs[k] + x0 - p.pos[0]), int(ys[k] + y0 - p.pos[1])
+        if abs(dx) + abs(dy) == 1:
+            if tuple(p.facing) == (dx, dy):
+                return self.actions["do"]
+            return self.MOVES[(dx, dy)]  # moving into a solid cell only turns the player
+        step = (int(np.sign(dx)), 0) if dx and (abs(dx) >= abs(dy) or self.rng.random() < 0.3) else (0, int(np.sign(dy)))
+        return self.MOVES[step]
+
+    def _place(self, action: str) -> int:
+        p = self.env._player
+        facing = self.env._world[(p.pos[0] + p.facing[0], p.pos[1] + p.facing[1])]
+        if facing[0] in ("grass", "sand", "path") and facing[1] is None:
+            return self.actions[action]
+        return int(self.rng.choice([1, 2, 3, 4]))  # turn or step until facing free ground
+
+    def __call__(self) -> int:
+        a, inv, p = self.actions, self.env._player.inventory, self.env._player
+        if self.rng.random() < self.noise:
+            return int(self.rng.choice(self.random_actions))
+        if self.wander > 0:  # persistent exploration: walk one way for a while
+            self.wander -= 1
+            return self.MOVES[self.heading]
+        if inv["drink"] < 5 and (act := self._toward("water")) is not None:
+            return act
+        near, _ = self.env._world.nearby(p.pos, 1)
+        if "table" in near:
+            for tool, needs in (("wood_pickaxe", "wood"), ("wood_sword", "wood"), ("stone_pickaxe", "stone")):
+                if inv[tool] == 0 and inv[needs] >= 1 and inv["wood"] >= 1:
+                    return a[f"make_{tool}"]
+        if inv["sapling"] and self.rng.random() < 0.5:
+            return self._place("place_plant")
+        seen = in_view(self.env)
+        if inv["wood"] >= 3 and "table" not in seen:
+            return self._place("place_table")
+        if inv["stone"] >= 4 and "furnace" not in seen and self.rng.random() < 0.5:
+            return self._place("place_furnace")
+        if self.roams and inv["wood_pickaxe"] and self.rng.random() < 0.15:
+            return self._explore()
+        wants = ["tree"]
+        if inv["wood"] >= 1 and "table" in seen and not (inv["wood_pickaxe"] and inv["wood_sword"]):
+            wants = ["table", "tree"]
+        elif inv["wood_pickaxe"] and inv["wood"] >= 2:
+            wants = ["stone", "tree"]
+        for target in wants:
+            if target == "table" and "table" in near:
+                continue
+            act = self._toward(target)
+            if act is not None:
+                return act
+        if self.rng.random() < 0.1:
+            return a["do"]  # on grass: a chance of a sapling
+        return self._explore()
+
+    def _explore(self) -> int:
+        self.heading = list(self.MOVES)[int(self.rng.integers(4))]
+        self.wander = int(self.rng.integers(4, 15))
+        return self.MOVES[self.heading]
+
+
+class CrafterSource:
+    """Collection source: episodes of the scripted policy; every frame labelled for every goal."""
+
+    name, view = "crafter", "egocentric"
+
+    def __init__(self, image_size: int = 64, goals: list[str] | None = None, max_steps: int = 300,
+                 noise: float = 0.2):
+        self.goals = list(goals) if goals else list(GOALS)
+        unknown = [g for g in self.goals if g not in GOALS]
+        if unknown:
+            raise VlmrError(f"unknown Crafter goals {unknown}; goals are {', '.join(GOALS)} "
+                            "(achievements a frame cannot show are left out, see rl/envs/crafter.py)")
+        self.image_size, self.max_steps, self.noise = image_size, max_steps, noise
+        self.env = make_env(0, image_size)
+
+    def episode(self, env_seed: int):
+        env = self.env
+        frame = reseed(env, env_seed)
+        rng = np.random.default_rng([env_seed, 2])
+        policy = ScriptedPolicy(env, rng, self.noise)
+        for _ in range(self.max_steps):
+            labels = label_goals(env, self.goals)
+            yield frame, {"env": "crafter", "mission": None, "labels": labels,
+                          "captions": captions(env, labels, rng)}
+            frame, _, done, _ = env.step(policy())
+            if done:
+                return

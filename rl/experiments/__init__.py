@@ -1,0 +1,1 @@
+"""Experiments on rewards: the A/B compare, its statistics, the whole pipeline and the scaling study."""

@@ -1,0 +1,128 @@
+"""`vlmr`: one command, a subcommand per stage.
+
+    vlmr models                                       # architectures, and which have weights offline
+    vlmr score --arch vlmr-tiny --goal "go to the red ball" --goal "go to the blue key" frame.png
+    vlmr configs                                      # the shipped configs, by name
+    vlmr configs show babyai_demo                     # print one; `copy NAME [DEST]` copies it for editing
+    vlmr collect --source shapes
+    vlmr finetune babyai_lora trainer.max_steps=200
+    vlmr calibrate babyai_goto
+    vlmr pipeline babyai_demo                         # the whole chain (`make demo`)
+    vlmr evaluate ...   vlmr rl ...   vlmr compare ...   vlmr scaling ...   vlmr bench ...
+
+Each command is `module:function(argv)`, imported only when it runs, so `vlmr --help` and `vlmr configs`
+need no torch. A command whose optional dependencies are missing says which extra installs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+COMMANDS = {
+    "models": ("vlmr.commands:models_main", "list architectures and which have weights offline"),
+    "score": ("vlmr.commands:score_main", "score image files or a shard for given goals"),
+    "configs": ("vlmr.cli:configs_main", "list, show or copy the shipped configs"),
+    "collect": ("vlmr.rl.collect.collect:main", "collect frame-caption data into webdataset shards"),
+    "finetune": ("vlmr.finetune.train:main", "adapt a CLIP reward model with LoRA (or train fully)"),
+    "calibrate": ("vlmr.calibrate.fit:main", "fit per-goal temperature and threshold; write reports"),
+    "evaluate": ("vlmr.calibrate.evaluate:main", "compare reward models on labelled shards"),
+    "rl": ("vlmr.rl.agent.ppo:main", "train one PPO agent on a reward"),
+    "compare": ("vlmr.rl.experiments.compare:main", "A/B comparison of rewards with PPO agents"),
+    "pipeline": ("vlmr.rl.experiments.pipeline:main", "run the whole chain, skipping finished stages"),
+    "scaling": ("vlmr.rl.experiments.scaling:main", "reward quality against model size: one chain per size"),
+    "bench": ("vlmr.bench.run:main", "throughput and cost benchmarks"),
+}
+
+# import name of an optional dependency -> the extra that installs it
+EXTRAS = {"pytorch_lightning": "train", "lightning": "train", "lightning_fabric": "train", "torchmetrics": "train",
+          "webdataset": "train", "wandb": "train", "matplotlib": "train", "minigrid": "envs", "crafter": "envs"}
+
+
+def usage() -> str:
+    lines = ["usage: vlmr COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`vlmr COMMAND --help` shows a command's arguments."]
+    return "\n".join(lines)
+
+
+def missing_extra_message(command: str, err: ModuleNotFoundError) -> str | None:
+    top = (err.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return (f"`vlmr {command}` needs the package {top!r}, which is not installed: "
+            f"pip install 'vlmr[{EXTRAS[top]}]' (or 'vlmr[all]')")
+
+
+def configs_main(argv: list[str]) -> int:
+    from vlmr.core.config import resolve_config, shipped_config_dir, shipped_configs
+
+    parser = argparse.ArgumentParser(prog="vlmr configs", description="The configs shipped with vlmr.")
+    parser.add_argument("action", nargs="?", choices=("list", "show", "copy"), default="list")
+    parser.add_argument("name", nargs="?", help="a config's name (babyai_demo, data/shapes) for show and copy")
+    parser.add_argument("dest", nargs="?", help="copy: file or folder to copy to (default: ./NAME.yaml)")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        print(f"shipped configs ({shipped_config_dir()}); give a name to any stage, e.g. `vlmr pipeline babyai_demo`")
+        for name, path in shipped_configs().items():
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            print(f"  {name:<28} {first[:80]}")
+        return 0
+    if not args.name:
+        parser.error(f"`vlmr configs {args.action}` needs a NAME")
+    path = resolve_config(args.name)
+    if args.action == "show":
+        print(path.read_text(), end="")
+        return 0
+    dest = Path(args.dest or path.name)
+    if dest.is_dir():
+        dest = dest / path.name
+    if dest.exists():
+        from vlmr.core.errors import VlmrError
+
+        raise VlmrError(f"{dest} exists; give another destination or delete it first")
+    shutil.copyfile(path, dest)
+    print(f"copied {path} -> {dest}; stage configs it names by a relative path resolve next to the copy, so "
+          "point them at the shipped ones by name or copy those too")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in ("-V", "--version"):
+        from vlmr import __version__
+
+        print(f"vlmr {__version__}")
+        return 0
+    if name not in COMMANDS:
+        print(f"vlmr: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    from vlmr.core.errors import VlmrError
+
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except VlmrError as e:
+        print(f"vlmr {name}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        message = missing_extra_message(name, e)
+        if message is None:
+            raise
+        print(f"vlmr {name}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vlmr {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`vlmr models` and `vlmr score`.
+
+    vlmr models [--all] [--json]
+    vlmr score --arch vlmr-tiny --goal "go to the red ball" --goal "open the blue door" a.png b.png
+    vlmr score --model runs/demo/adapted --calibration runs/demo/adapted/calibration.json data/demo/test-000000.tar --limit 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vlmr.core.errors import VlmrError
+from vlmr.finetune.models import register_model_configs
+
+COMMON_ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-SO400M-14-SigLIP")
+
+
+def model_rows(show_all: bool) -> list[dict]:
+    import open_clip
+
+    from vlmr.finetune.models import offline_tags
+
+    ours = register_model_configs()
+    names = open_clip.list_models() if show_all else [*ours, *(a for a in COMMON_ARCHS if a in open_clip.list_models())]
+    rows = []
+    for name in names:
+        cfg = open_clip.get_model_config(name) or {}
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        cached = offline_tags(name)
+        if name in ours:
+            offline = "yes (random init; `vlmr pipeline` pretrains a base)"
+        else:
+            offline = f"yes: {', '.join(cached)}" if cached else "no (download needed)"
+        rows.append({"name": name, "source": "vlmr" if name in ours else "open_clip",
+                     "image_size": cfg.get("vision_cfg", {}).get("image_size"), "pretrained_tags": tags,
+                     "offline_weights": cached, "offline": offline})
+    return rows
+
+
+def models_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vlmr models", description="List architectures and offline weights.")
+    parser.add_argument("--all", action="store_true", help="every open_clip architecture, not only common ones")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    rows = model_rows(args.all)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'architecture':<28} {'source':<9} {'px':>4} {'tags':>4}  usable offline")
+    for r in rows:
+        print(f"{r['name']:<28} {r['source']:<9} {str(r['image_size']):>4} {len(r['pretrained_tags']):>4}  {r['offline']}")
+    return 0
+
+
+def load_inputs(paths: list[str], limit: int | None) -> list[tuple[str, np.ndarray]]:
+    """Image files and webdataset shards -> (name, uint8 H x W x 3 frame) pairs."""
+    from PIL import Image, UnidentifiedImageError
+
+    items = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise VlmrError(f"input not found: {path}")
+        if path.suffix == ".tar":
+            import webdataset as wds
+
+            for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode("rgb8"):
+                if "frame.png" not in sample:
+                    raise VlmrError(f"shard {path} sample {sample.get('__key__')} has no frame.png; is it a vlmr shard?")
+                items.append((f"{path.name}:{sample['__key__']}", sample["frame.png"]))
+                if limit and len(items) >= limit:
+                    return items
+        else:
+            try:
+                items.append((str(path), np.asarray(Image.open(path).convert("RGB"))))
+            except (UnidentifiedImageError, OSError) as e:
+                raise VlmrError(f"cannot read image {path}: {e}") from None
+        if limit and len(items) >= limit:
+            break
+    return items
+
+
+def score_main(argv: list[str]) -> int:
+    from vlmr.finetune.reward_model import RewardModel
+
+    parser = argparse.ArgumentParser(prog="vlmr score", description="Score frames for goals: P(g|o) and the reward.")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="reward-model directory")
+    src.add_argument("--arch", help="open_clip architecture for a zero-shot model (with --pretrained)")
+    parser.add_argument("--pretrained", help="open_clip tag or checkpoint path, with --arch")
+    parser.add_argument("--goal", action="append", default=[], help="a goal sentence (repeatable)")
+    parser.add_argument("--negative", action="append", default=[], help="a negative caption (repeatable), with --arch")
+    parser.add_argument("--calibration", help="calibration.json for --model")
+    parser.add_argument("--limit", type=int, help="score at most this many frames")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or webdataset shards (.tar)")
+    args = parser.parse_args(argv)
+
+    if args.model:
+        rm = RewardModel.load(args.model, calibration=args.calibration)
+    else:
+        if not args.goal:
+            raise VlmrError("--arch needs at least one --goal")
+        if args.calibration:
+            raise VlmrError("--calibration needs --model: a calibration belongs to a saved reward model")
+        rm = RewardModel.create(args.arch, args.goal, pretrained=args.pretrained, negatives=args.negative)
+    goals = args.goal or rm.goals
+    rm.goal_index(goals)  # unknown goals fail here, before any scoring
+    items = load_inputs(args.inputs, args.limit)
+
+    results = []
+    for start in range(0, len(items), args.batch_size):
+        chunk = items[start:start + args.batch_size]
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (_, frame) in enumerate(chunk):
+            by_shape.setdefault(frame.shape, []).append(i)
+        for indices in by_shape.values():
+            frames = np.stack([chunk[i][1] for i in indices])
+            probs = {g: rm.probs(frames, [g] * len(frames)).tolist() for g in goals}
+            rewards = {g: rm.reward(frames, [g] * len(frames)).tolist() for g in goals}
+            for j, i in enumerate(indices):
+                results.append({"input": chunk[i][0], "probs": {g: probs[g][j] for g in goals},
+                                "rewards": {g: rewards[g][j] for g in goals}})
+    if args.json:
+        print(json.dumps({"model_id": rm.model_id, "reward_mode": rm.spec.reward_mode, "results": results}, indent=2))
+        return 0
+    print(f"reward model {rm.model_id[:12]} ({rm.spec.arch}), mode {rm.spec.reward_mode}; P(g|o), * = reward >= threshold")
+    for k, g in enumerate(goals):
+        print(f"  [{k}] {g}")
+    print(f"{'input':<40} " + " ".join(f"{'[' + str(k) + ']':>9}" for k in range(len(goals))))
+    for r in results:
+        cells = [f"{r['probs'][g]:8.3f}{'*' if r['probs'][g] >= float(rm.thresholds[rm.goal_to_index[g]]) else ' '}"
+                 for g in goals]
+        print(f"{r['input'][-40:]:<40} " + " ".join(cells))
+    return 0

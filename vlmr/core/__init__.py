@@ -1,0 +1,1 @@
+"""The shared core: errors, atomic files, typed configs, provenance, tracking, metrics, the dataset format."""

@@ -1,0 +1,50 @@
+"""Reading and writing `calibration.json` (format in DESIGN.md).
+
+The file holds, per goal, the fitted temperature and threshold, the criterion
+that chose the threshold, whether the goal fell back to shared values, and the
+held-out metrics; plus the identity hash of the reward model it was fitted for.
+`calibrate/` writes it; the reward model reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json, read_json
+
+CALIBRATION_VERSION = 1
+
+
+def write_calibration(path: str | Path, model_id: str, goals: dict[str, dict], **extra) -> Path:
+    for goal, entry in goals.items():
+        for key in ("temperature", "threshold"):
+            if key not in entry:
+                raise ValueError(f"calibration entry for goal {goal!r} lacks {key!r}")
+    return atomic_write_json(path, {"version": CALIBRATION_VERSION, "model_id": model_id, "goals": goals, **extra})
+
+
+def read_calibration(path: str | Path, model_id: str | None = None, goals: list[str] | None = None) -> dict:
+    """Load a calibration file, checking its version, that it was fitted for `model_id`, and that it covers `goals`."""
+    data = read_json(path, "calibration file")
+    if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:
+        raise VlmrError(f"calibration file {path} has version {data.get('version') if isinstance(data, dict) else None!r}; "
+                        f"this vlmr reads version {CALIBRATION_VERSION}. Refit it with `vlmr calibrate`.")
+    if model_id is not None and data.get("model_id") != model_id:
+        raise VlmrError(f"calibration file {path} was fitted for reward model {str(data.get('model_id'))[:12]}, "
+                        f"not for this one ({model_id[:12]}). Run `vlmr calibrate` for this model.")
+    entries = data.get("goals")
+    if not isinstance(entries, dict):
+        raise VlmrError(f"calibration file {path} has no 'goals' mapping")
+    if goals is not None:
+        missing = [g for g in goals if g not in entries]
+        if missing:
+            raise VlmrError(f"calibration file {path} lacks goals {missing[:5]}; refit it with `vlmr calibrate`.")
+    for goal, entry in entries.items():
+        for key in ("temperature", "threshold"):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not isinstance(value, (int, float)):
+                raise VlmrError(f"calibration file {path}: goal {goal!r} has no numeric {key!r}")
+        if entry["temperature"] <= 0:
+            raise VlmrError(f"calibration file {path}: goal {goal!r} has temperature {entry['temperature']}, must be > 0")
+    return data
