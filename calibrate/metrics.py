@@ -3,7 +3,7 @@
     m = evaluate_scores(sims, labels, own_goal, temperatures, thresholds, goals)
     m["own_goal"]["precision"], m["macro"]["own_goal"]["f1"], m["per_goal"]["a red circle"]["all"]["auroc"]
 
-Views (DESIGN.md):
+Views (docs/DESIGN.md):
 - per goal "all": every frame, scored for that goal (one column of the label matrix);
 - per goal "own": only the frames whose episode mission is that goal;
 - pooled: every (frame, goal) pair, each at its own goal's temperature and threshold;

@@ -1,4 +1,4 @@
-"""A LightningDataModule over vlmr webdataset shards (format in DESIGN.md).
+"""A LightningDataModule over vlmr webdataset shards (format in docs/DESIGN.md).
 
     dm = ShardDataModule("data/babyai_goto", batch_size=64, num_workers=2)
     dm.setup()

@@ -416,7 +416,7 @@ class ClipFinetuneModule(pl.LightningModule):
         """The trained model as a RewardModel (shares weights with this module); its tau is the trained one.
 
         with_adapter=False (a zero-shot export of an untrained LoRA run) removes the LoRA layers, so the saved
-        directory has no adapter files, as DESIGN.md defines a zero-shot reward model.
+        directory has no adapter files, as docs/DESIGN.md defines a zero-shot reward model.
         """
         self.restore_base_weights()
         clip = self.clip

@@ -1,6 +1,6 @@
 """The reward maths as pure functions on embeddings and similarities.
 
-Notation (DESIGN.md): x = normalised image embedding, t_k = normalised text
+Notation (docs/DESIGN.md): x = normalised image embedding, t_k = normalised text
 embedding of candidate k, s_k = x . t_k. For goal g with temperature tau_g,
 
     P(g | o) = softmax_k(s_k / tau_g)[g]      over all candidates (goals + negatives)

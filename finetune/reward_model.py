@@ -5,7 +5,7 @@
     p = rm.probs(frames, ["go to the red ball"] * len(frames))   # frames: uint8 N x H x W x 3
     r = rm.reward(frames, goal_ids)                              # binary | prob | goal_baseline
 
-A reward-model directory (DESIGN.md) holds `reward_model.json` and, when
+A reward-model directory (docs/DESIGN.md) holds `reward_model.json` and, when
 adapted, peft's `adapter_config.json` + `adapter_model.safetensors`, or full
 weights in `open_clip_model.safetensors` after full training.
 """

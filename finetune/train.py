@@ -5,7 +5,7 @@
     vlmr finetune configs/finetune/babyai_lora.yaml trainer.max_steps=0  # zero-shot arm: export + validate only
     vlmr finetune configs/finetune/babyai_lora.yaml model.pretrained=null name=babyai_random  # random-init control
     vlmr finetune configs/finetune/babyai_lora.yaml logger=csv trainer.devices=2 trainer.strategy=ddp
-    flock /tmp/vlmr-heavy.lock vlmr finetune configs/finetune/crafter_lora.yaml     # on the shared 2-core box
+    vlmr finetune configs/finetune/crafter_lora.yaml
 
 Writes runs/<name>/: run.json (config, seed, versions, git commit), checkpoints/last.ckpt,
 the logger's files (wandb/ offline by default, or csv/), reward_model/ (peft adapter +

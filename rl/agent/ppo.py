@@ -3,7 +3,7 @@
     vlmr rl configs/rl/babyai_goto.yaml                                   # the env's own reward
     vlmr rl configs/rl/babyai_goto.yaml reward_model=runs/demo/adapted \
         calibration=runs/demo/adapted/calibration.json frame_cache=100000 # the VLM reward
-    flock /tmp/vlmr-heavy.lock vlmr rl configs/rl/babyai_goto.yaml total_timesteps=20000 logger=none
+    vlmr rl configs/rl/babyai_goto.yaml total_timesteps=20000 logger=none
 
 Read top to bottom: config, the pure PPO maths (`compute_gae`, `policy_loss`,
 `value_loss`), then `train`, whose loop has one banner comment per phase

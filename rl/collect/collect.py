@@ -4,9 +4,9 @@
     vlmr collect configs/data/babyai_goto.yaml --workers 2        # BabyAI GoToLocal, egocentric 64 px
     vlmr collect configs/data/babyai_goto.yaml frames.train=20000 out_dir=data/big --workers 2
     vlmr collect configs/data/crafter.yaml --resume               # continue a killed collection
-    flock /tmp/vlmr-heavy.lock vlmr collect configs/data/babyai_goto.yaml out_dir=/tmp/bench overwrite=true
+    vlmr collect configs/data/babyai_goto.yaml out_dir=data/bench overwrite=true
 
-Layout and format: DESIGN.md. Each shard is a fixed unit of work: shard i of a
+Layout and format: docs/DESIGN.md. Each shard is a fixed unit of work: shard i of a
 split holds the episodes whose numbers start at i * 10000, and episode e of a
 split uses env seed `seed + split_offset + e` (train, val and test offsets are
 10^8 apart), so no layout is shared between splits and a shard's content

@@ -3,7 +3,7 @@
     vlmr compare configs/rl/compare_babyai.yaml                      # run what is missing, then aggregate
     vlmr compare configs/rl/compare_babyai.yaml --arm adapted --seed 1   # one shard (a cluster job), no report
     vlmr compare configs/rl/compare_babyai.yaml --aggregate          # merge finished shards into the report
-    flock /tmp/vlmr-heavy.lock vlmr compare configs/rl/compare_babyai.yaml rl.total_timesteps=20000
+    vlmr compare configs/rl/compare_babyai.yaml rl.total_timesteps=20000
 
 Arms: `ground_truth` (no reward model: the env's own reward, the upper bound)
 and one per entry of `reward_models` ({name: {reward_model: DIR, calibration:

@@ -1,6 +1,6 @@
 """LoRA versus full fine-tuning cost: trainable-parameter fraction, training images/s, peak memory.
 
-    flock /tmp/vlmr-heavy.lock python -m vlmr.bench.lora                       # ViT-B-32 and vlmr-small
+    python -m vlmr.bench.lora                       # ViT-B-32 and vlmr-small
     python -m vlmr.bench.lora --archs vlmr-tiny --steps 2 --batch-size 8 --json
     python -m vlmr.bench.lora --device cuda                                     # GPU: bf16 autocast
 

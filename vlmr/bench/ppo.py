@@ -1,7 +1,7 @@
 """Benchmark: PPO steps/s with the VLM reward (with and without the frame cache) against the env's own reward.
 
-    flock /tmp/vlmr-heavy.lock python -m vlmr.bench.ppo                                   # vlmr-small, random init
-    flock /tmp/vlmr-heavy.lock python -m vlmr.bench.ppo --reward-model runs/demo/adapted --steps 20000 --json
+    python -m vlmr.bench.ppo                                   # vlmr-small, random init
+    python -m vlmr.bench.ppo --reward-model runs/demo/adapted --steps 20000 --json
 
 The issue's goal: VLM-reward SPS / ground-truth SPS >= 0.5 on BabyAI with 2
 cores. SPS is PPO's own charts/SPS (rollout + update, held-out evaluation

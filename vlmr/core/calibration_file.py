@@ -1,4 +1,4 @@
-"""Reading and writing `calibration.json` (format in DESIGN.md).
+"""Reading and writing `calibration.json` (format in docs/DESIGN.md).
 
 The file holds, per goal, the fitted temperature and threshold, the criterion
 that chose the threshold, whether the goal fell back to shared values, and the

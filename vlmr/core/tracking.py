@@ -1,6 +1,6 @@
 """Send calibration and evaluation results to the configured logger: wandb | csv | none.
 
-W&B runs offline unless the user set WANDB_MODE (DESIGN.md); the run's config
+W&B runs offline unless the user set WANDB_MODE (docs/DESIGN.md); the run's config
 is the provenance record (run.json). csv writes `metrics.csv` next to the outputs.
 """
 
