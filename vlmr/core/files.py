@@ -2,7 +2,7 @@
 
 Every file vlmr writes goes through `atomic_write_*` or `atomic_dir`: a crash
 leaves either the old file or the new one, never a truncated file that a later
-stage would trust.
+stage would trust (`atomic_dir` says what a crash between its two renames leaves).
 """
 
 from __future__ import annotations
@@ -75,16 +75,21 @@ def sha256_text(text: str) -> str:
 def atomic_dir(path: str | os.PathLike):
     """Build a directory under a temporary name and swap it in on success.
 
-    Yields the temporary directory. If the body raises, the old directory (if
-    any) is untouched and the partial one is removed.
+    Yields the temporary directory. If the body raises, the old directory (if any) is untouched and the
+    partial one is removed. POSIX cannot swap two directories in one rename, so replacing an existing one
+    takes two: old -> `.NAME.old`, then new -> NAME. A crash between them leaves no NAME, never a partial
+    one (readers then say it is missing), and the old version at `.NAME.old`; the next atomic_dir on the
+    same path puts that back before it starts.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():  # a crash between the two renames of an earlier call
+        os.replace(old, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
