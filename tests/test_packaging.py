@@ -114,6 +114,17 @@ def test_a_missing_extra_is_named(command, module, extra):
     assert f"pip install 'vlmr[{extra}]'" in r.stderr and module in r.stderr
 
 
+def test_rewards_need_only_the_base_install():
+    blocked = ["pytorch_lightning", "lightning", "torchmetrics", "webdataset", "wandb", "matplotlib", "minigrid",
+               "crafter"]
+    r = run_python(f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+                   "import numpy as np\nfrom vlmr import RewardModel, VLMReward\n"
+                   "rm = RewardModel.create('vlmr-tiny', ['a red ball', 'a blue key'])\n"
+                   "print(rm.probs(np.zeros((2, 64, 64, 3), np.uint8), [0, 1]).shape)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("torch.Size([2])")
+
+
 # ---------------------------------------------------------------- shipped configs
 
 
