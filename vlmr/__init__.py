@@ -20,28 +20,28 @@ import importlib
 
 __version__ = "0.2.0"
 
-# public name -> (module, attribute)
+# public name -> module:attribute
 _EXPORTS = {
-    "VlmrError": ("vlmr.core.errors", "VlmrError"),
-    "load_config": ("vlmr.core.config", "load_config"),
-    "RewardModel": ("vlmr.finetune.reward_model", "RewardModel"),
-    "VLMReward": ("vlmr.rl.agent.reward_wrapper", "VLMReward"),
-    "CollectConfig": ("vlmr.rl.collect.collect", "CollectConfig"),
-    "run_collect": ("vlmr.rl.collect.collect", "collect"),
-    "FinetuneConfig": ("vlmr.finetune.train", "FinetuneConfig"),
-    "run_finetune": ("vlmr.finetune.train", "finetune"),
-    "CalibrateConfig": ("vlmr.calibrate.fit", "CalibrateConfig"),
-    "run_calibrate": ("vlmr.calibrate.fit", "calibrate"),
-    "EvaluateConfig": ("vlmr.calibrate.evaluate", "EvaluateConfig"),
-    "run_evaluate": ("vlmr.calibrate.evaluate", "evaluate"),
-    "PPOConfig": ("vlmr.rl.agent.ppo", "PPOConfig"),
-    "train_ppo": ("vlmr.rl.agent.ppo", "train"),
-    "CompareConfig": ("vlmr.rl.experiments.compare", "CompareConfig"),
-    "run_compare": ("vlmr.rl.experiments.compare", "compare"),
-    "PipelineConfig": ("vlmr.rl.experiments.pipeline", "PipelineConfig"),
-    "run_pipeline": ("vlmr.rl.experiments.pipeline", "pipeline"),
-    "ScalingConfig": ("vlmr.rl.experiments.scaling", "ScalingConfig"),
-    "run_scaling": ("vlmr.rl.experiments.scaling", "scaling"),
+    "VlmrError": "vlmr.core.errors:VlmrError",
+    "load_config": "vlmr.core.config:load_config",
+    "RewardModel": "vlmr.finetune.reward_model:RewardModel",
+    "VLMReward": "vlmr.rl.agent.reward_wrapper:VLMReward",
+    "CollectConfig": "vlmr.rl.collect.collect:CollectConfig",
+    "run_collect": "vlmr.rl.collect.collect:collect",
+    "FinetuneConfig": "vlmr.finetune.train:FinetuneConfig",
+    "run_finetune": "vlmr.finetune.train:finetune",
+    "CalibrateConfig": "vlmr.calibrate.fit:CalibrateConfig",
+    "run_calibrate": "vlmr.calibrate.fit:calibrate",
+    "EvaluateConfig": "vlmr.calibrate.evaluate:EvaluateConfig",
+    "run_evaluate": "vlmr.calibrate.evaluate:evaluate",
+    "PPOConfig": "vlmr.rl.agent.ppo:PPOConfig",
+    "train_ppo": "vlmr.rl.agent.ppo:train",
+    "CompareConfig": "vlmr.rl.experiments.compare:CompareConfig",
+    "run_compare": "vlmr.rl.experiments.compare:compare",
+    "PipelineConfig": "vlmr.rl.experiments.pipeline:PipelineConfig",
+    "run_pipeline": "vlmr.rl.experiments.pipeline:pipeline",
+    "ScalingConfig": "vlmr.rl.experiments.scaling:ScalingConfig",
+    "run_scaling": "vlmr.rl.experiments.scaling:scaling",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,7 +50,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'vlmr' has no attribute {name!r}")
-    module, attr = _EXPORTS[name]
+    module, attr = _EXPORTS[name].split(":")
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value  # later lookups skip __getattr__
     return value

@@ -18,23 +18,38 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
 import sys
 from pathlib import Path
 
-COMMANDS = {
-    "models": ("vlmr.commands:models_main", "list architectures and which have weights offline"),
-    "score": ("vlmr.commands:score_main", "score image files or a shard for given goals"),
-    "configs": ("vlmr.cli:configs_main", "list, show or copy the shipped configs"),
-    "collect": ("vlmr.rl.collect.collect:main", "collect frame-caption data into webdataset shards"),
-    "finetune": ("vlmr.finetune.train:main", "adapt a CLIP reward model with LoRA (or train fully)"),
-    "calibrate": ("vlmr.calibrate.fit:main", "fit per-goal temperature and threshold; write reports"),
-    "evaluate": ("vlmr.calibrate.evaluate:main", "compare reward models on labelled shards"),
-    "rl": ("vlmr.rl.agent.ppo:main", "train one PPO agent on a reward"),
-    "compare": ("vlmr.rl.experiments.compare:main", "A/B comparison of rewards with PPO agents"),
-    "pipeline": ("vlmr.rl.experiments.pipeline:main", "run the whole chain, skipping finished stages"),
-    "scaling": ("vlmr.rl.experiments.scaling:main", "reward quality against model size: one chain per size"),
-    "bench": ("vlmr.bench.run:main", "throughput and cost benchmarks"),
+COMMANDS = {  # command -> module:function(argv)
+    "models": "vlmr.commands:models_main",
+    "score": "vlmr.commands:score_main",
+    "configs": "vlmr.cli:configs_main",
+    "collect": "vlmr.rl.collect.collect:main",
+    "finetune": "vlmr.finetune.train:main",
+    "calibrate": "vlmr.calibrate.fit:main",
+    "evaluate": "vlmr.calibrate.evaluate:main",
+    "rl": "vlmr.rl.agent.ppo:main",
+    "compare": "vlmr.rl.experiments.compare:main",
+    "pipeline": "vlmr.rl.experiments.pipeline:main",
+    "scaling": "vlmr.rl.experiments.scaling:main",
+    "bench": "vlmr.bench.run:main",
+}
+HELP = {
+    "models": "list architectures and which have weights offline",
+    "score": "score image files or a shard for given goals",
+    "configs": "list, show or copy the shipped configs",
+    "collect": "collect frame-caption data into webdataset shards",
+    "finetune": "adapt a CLIP reward model with LoRA (or train fully)",
+    "calibrate": "fit per-goal temperature and threshold; write reports",
+    "evaluate": "compare reward models on labelled shards",
+    "rl": "train one PPO agent on a reward",
+    "compare": "A/B comparison of rewards with PPO agents",
+    "pipeline": "run the whole chain, skipping finished stages",
+    "scaling": "reward quality against model size: one chain per size",
+    "bench": "throughput and cost benchmarks",
 }
 
 # import name of an optional dependency -> the extra that installs it
@@ -44,7 +59,7 @@ EXTRAS = {"pytorch_lightning": "train", "lightning": "train", "lightning_fabric"
 
 def usage() -> str:
     lines = ["usage: vlmr COMMAND [args]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {HELP[name]}" for name in COMMANDS]
     lines += ["", "`vlmr COMMAND --help` shows a command's arguments."]
     return "\n".join(lines)
 
@@ -91,7 +106,14 @@ def configs_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_command(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # the reader closed the pipe (`vlmr configs | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -104,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vlmr: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module_name, func_name = COMMANDS[name][0].split(":")
+    module_name, func_name = COMMANDS[name].split(":")
     from vlmr.core.errors import VlmrError
 
     try:
