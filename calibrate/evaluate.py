@@ -35,6 +35,7 @@ from vlmr.calibrate.scores import score_split
 from vlmr.core.config import build_config, config_dataclass, config_to_dict
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json
+from vlmr.core.metrics import METRICS
 
 # 2: undefined metrics are null with a note (version 1 wrote precision 0.0 where nothing was predicted)
 RESULTS_VERSION = 2
@@ -183,14 +184,13 @@ def _log(cfg: EvaluateConfig, results: dict, seconds: float) -> None:
 
     if cfg.logger == "none":
         return
-    keys = ("precision", "recall", "f1", "auroc", "ap", "ece")
     scalars = {}
     for m in results["models"]:
         for view in ("pooled", "own_goal"):
             macro = (m["metrics"]["macro"].get(view) or {})
-            scalars.update(flatten(f"reward/{m['name']}/macro_{view}", {k: macro.get(k) for k in keys}))
-    cols = ["model", "view", *keys]
-    rows = [[m["name"], view, *((m["metrics"]["macro"].get(view) or {}).get(k) for k in keys)]
+            scalars.update(flatten(f"reward/{m['name']}/macro_{view}", {k: macro.get(k) for k in METRICS}))
+    cols = ["model", "view", *METRICS]
+    rows = [[m["name"], view, *((m["metrics"]["macro"].get(view) or {}).get(k) for k in METRICS)]
             for m in results["models"] for view in ("own_goal", "pooled")]
     out_dir = Path(cfg.out).parent if cfg.out else Path(".")
     info = run_info(config_to_dict(cfg)) | {"stage": "evaluate", "data": results["data"],

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration
-from vlmr.calibrate.metrics import add_before, evaluate_scores
+from vlmr.calibrate.metrics import BEFORE_KEYS, add_before, evaluate_scores
 from vlmr.calibrate.plots import write_plots
 from vlmr.calibrate.report import calibration_report
 from vlmr.calibrate.scores import score_split
@@ -34,9 +34,10 @@ from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text
+from vlmr.core.metrics import METRICS
 from vlmr.core.reporting import fmt
 
-VIEW_KEYS = ("precision", "recall", "f1", "auroc", "ap", "ece", "auroc_before", "ap_before", "ece_before")
+VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
 
 
 @config_dataclass
