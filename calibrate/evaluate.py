@@ -12,6 +12,11 @@ own-goal (each frame for its own mission, the headline) and pooled (every
 half of the A/B comparison. Similarity matrices are cached in
 <model>/calibration/ like `vlmr calibrate` does (--no-cache to skip).
 
+From Python, the same run with the typed config:
+
+    evaluate(EvaluateConfig(models=[{"dir": "runs/demo/adapted", "calibration": "auto"}], data="data/babyai_goto"))
+    read_results("runs/demo/evaluate.json")   # refuses results written by an older vlmr
+
 Tests: `.venv/bin/python -m pytest tests/test_evaluate.py -q`
 """
 
@@ -20,16 +25,68 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Literal
 
 from vlmr.calibrate.fit import cli_warnings, resolve_device
 from vlmr.calibrate.metrics import evaluate_scores
 from vlmr.calibrate.report import comparison_table
 from vlmr.calibrate.scores import score_split
 
+from vlmr.core.config import build_config, config_dataclass, config_to_dict
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json
+from vlmr.core.files import atomic_write_json, read_json
+from vlmr.core.metrics import METRICS
 
-RESULTS_VERSION = 1
+# 2: undefined metrics are null with a note (version 1 wrote precision 0.0 where nothing was predicted)
+RESULTS_VERSION = 2
+
+
+@config_dataclass
+class EvaluatedModel:
+    dir: str  # reward-model directory (RewardModel.save / vlmr finetune output)
+    calibration: str | None = None  # its calibration.json; "auto" = <dir>/calibration.json; none = model defaults
+    name: str | None = None  # column name in the table and the JSON; none = the directory's name
+
+    @property
+    def column(self) -> str:
+        return self.name or Path(self.dir).name
+
+
+@config_dataclass
+class EvaluateConfig:
+    models: list[EvaluatedModel]  # the reward models to compare, one column each, in this order
+    data: str  # labelled dataset directory: manifest.json + shards (vlmr collect)
+    split: str = "test"  # split every model is evaluated on
+    out: str | None = None  # write every figure as JSON here; none = print the table only
+    batch_size: int = 256  # frames per reward-model forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    limit: int | None = None  # score at most this many frames (smoke runs); none = all
+    ece_bins: int = 15  # bins of the expected calibration error
+    cache_scores: bool = True  # read and write similarity matrices in <model>/calibration/ (shared with calibrate)
+    logger: Literal["wandb", "csv", "none"] = "none"  # also log results: W&B (offline unless WANDB_MODE is set), CSV
+    wandb_project: str = "vlmr"  # W&B project, with logger=wandb
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("models is empty: give at least one reward model (--model DIR)")
+        names = [m.column for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two models would share the column name(s) {dupes}; give each a distinct --name")
+        for key in ("batch_size", "ece_bins", "limit"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} (--{key.replace('_', '-')}) must be >= 1, got {value}")
+
+
+def read_results(path: str | Path) -> dict:
+    """An evaluate results file, refused when an older vlmr wrote it (its metrics meant something else)."""
+    data = read_json(path, "evaluation results")
+    found = data.get("version") if isinstance(data, dict) else None
+    if found != RESULTS_VERSION:
+        raise VlmrError(f"evaluation results {path} have version {found!r}; this vlmr reads version "
+                        f"{RESULTS_VERSION}. Regenerate them with `vlmr evaluate`.")
+    return data
 
 
 class _ModelAction(argparse.Action):
@@ -50,113 +107,100 @@ class _ModelAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `vlmr evaluate`; a flag left out takes EvaluateConfig's default (one place for defaults)."""
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="vlmr evaluate", description=doc[0].split(": ", 1)[1],
                                 epilog="example:\n" + doc[1] + "\n\n" + doc[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
     p.add_argument("--model", action=_ModelAction, dest="models", required=True, metavar="DIR",
                    help="reward-model directory (repeatable: one per model to compare)")
     p.add_argument("--calibration", action=_ModelAction, dest="models", metavar="FILE",
                    help="calibration.json for the preceding --model ('auto' = <model>/calibration.json)")
     p.add_argument("--name", action=_ModelAction, dest="models", metavar="NAME", help="column name for the preceding --model")
     p.add_argument("--data", required=True, help="labelled dataset directory (manifest.json + shards)")
-    p.add_argument("--split", default="test", help="split to evaluate on (default test)")
+    p.add_argument("--split", help="split to evaluate on (default test)")
     p.add_argument("--out", help="write every figure as JSON here")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--limit", type=int, help="score at most this many frames")
-    p.add_argument("--ece-bins", type=int, default=15)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write cached similarity matrices")
-    p.add_argument("--logger", choices=("none", "csv", "wandb"), default="none",
+    p.add_argument("--ece-bins", type=int)
+    p.add_argument("--no-cache", dest="cache_scores", action="store_false",
+                   help="do not read or write cached similarity matrices")
+    p.add_argument("--logger", choices=("none", "csv", "wandb"),
                    help="also log results (W&B offline unless WANDB_MODE is set)")
-    p.add_argument("--wandb-project", default="vlmr")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--wandb-project")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return p
 
 
-def evaluate(models: list[dict], data: str, split: str = "test", out: str | None = None, batch_size: int = 256,
-             device: str = "auto", limit: int | None = None, ece_bins: int = 15, cache: bool = True,
-             logger: str = "none", wandb_project: str = "vlmr", progress: bool = True) -> dict:
-    """Evaluate each {"dir", "calibration", "name"}; returns (and writes to `out`) the results dict."""
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    """Evaluate each of cfg.models on cfg.split; returns (and writes to cfg.out) the results dict."""
     from vlmr.finetune.reward_model import RewardModel
 
     from vlmr.core.dataset import MANIFEST_FILE, read_manifest
     from vlmr.core.files import sha256_file
 
     t0 = time.time()
-    device = resolve_device(device)
-    manifest = read_manifest(data)
-    names = [m["name"] or Path(m["dir"]).name for m in models]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise VlmrError(f"two models would share the column name(s) {dupes}; give each a distinct --name")
+    device = resolve_device(cfg.device)
+    manifest = read_manifest(cfg.data)
     results = []
-    for spec, name in zip(models, names):
-        cal = spec["calibration"]
+    for spec in cfg.models:
+        cal = spec.calibration
         if cal == "auto":
-            cal = str(Path(spec["dir"]) / "calibration.json")
+            cal = str(Path(spec.dir) / "calibration.json")
             if not Path(cal).is_file():
-                raise VlmrError(f"--calibration auto: {cal} does not exist; run `vlmr calibrate` for {spec['dir']}")
-        rm = RewardModel.load(spec["dir"], calibration=cal, device=device)
-        cache_dir = None if not cache else Path(spec["dir"]) / "calibration"
-        scores = score_split(rm, data, split, batch_size, cache_dir, limit, progress, f"reward model {spec['dir']}")
+                raise VlmrError(f"--calibration auto: {cal} does not exist; run `vlmr calibrate` for {spec.dir}")
+        rm = RewardModel.load(spec.dir, calibration=cal, device=device)
+        cache_dir = Path(spec.dir) / "calibration" if cfg.cache_scores else None
+        scores = score_split(rm, cfg.data, cfg.split, cfg.batch_size, cache_dir, cfg.limit, progress,
+                             f"reward model {spec.dir}")
         if int(scores.labels.sum()) == 0:
-            raise VlmrError(f"split {split!r} of {data} has no positive label for any goal; precision, recall and "
-                            "AUROC are undefined there. Evaluate on a split where goals are reached.")
+            raise VlmrError(f"split {cfg.split!r} of {cfg.data} has no positive label for any goal; precision, recall "
+                            "and AUROC are undefined there. Evaluate on a split where goals are reached.")
         metrics = evaluate_scores(scores.sims, scores.labels, scores.own_goal, rm.temperatures.cpu(),
-                                  rm.thresholds.cpu(), rm.goals, ece_bins)
-        results.append({"name": name, "dir": str(spec["dir"]), "model_id": rm.model_id, "arch": rm.spec.arch,
+                                  rm.thresholds.cpu(), rm.goals, cfg.ece_bins)
+        results.append({"name": spec.column, "dir": str(spec.dir), "model_id": rm.model_id, "arch": rm.spec.arch,
                         "calibration": cal, "temperatures": rm.temperatures.cpu().tolist(),
                         "thresholds": rm.thresholds.cpu().tolist(), "metrics": metrics})
-    out_dict = {"version": RESULTS_VERSION, "split": split,
-                "data": {"dir": str(data), "name": manifest.get("name"),
-                         "manifest_sha256": sha256_file(Path(data) / MANIFEST_FILE), "limit": limit},
+    out_dict = {"version": RESULTS_VERSION, "split": cfg.split,
+                "data": {"dir": str(cfg.data), "name": manifest.get("name"),
+                         "manifest_sha256": sha256_file(Path(cfg.data) / MANIFEST_FILE), "limit": cfg.limit},
                 "models": results}
-    table = comparison_table(results)
-    print(f"vlmr evaluate: {split} split of {data} ({results[0]['metrics']['frames']} frames)")
-    print(table)
+    print(f"vlmr evaluate: {cfg.split} split of {cfg.data} ({results[0]['metrics']['frames']} frames)")
+    print(comparison_table(results))
     for note in results[0]["metrics"]["notes"]:
         print(f"note: {note}")
-    if out:
-        atomic_write_json(out, out_dict)
-        print(f"wrote {out}")
-    _log(logger, out_dict, wandb_project, out, time.time() - t0)
+    if cfg.out:
+        atomic_write_json(cfg.out, out_dict)
+        print(f"wrote {cfg.out}")
+    _log(cfg, out_dict, time.time() - t0)
     return out_dict
 
 
-def _log(logger: str, results: dict, project: str, out: str | None, seconds: float) -> None:
+def _log(cfg: EvaluateConfig, results: dict, seconds: float) -> None:
     from vlmr.core.provenance import run_info
     from vlmr.core.tracking import flatten, log_results
 
-    if logger == "none":
+    if cfg.logger == "none":
         return
-    keys = ("precision", "recall", "f1", "auroc", "ap", "ece")
     scalars = {}
     for m in results["models"]:
         for view in ("pooled", "own_goal"):
             macro = (m["metrics"]["macro"].get(view) or {})
-            scalars.update(flatten(f"reward/{m['name']}/macro_{view}", {k: macro.get(k) for k in keys}))
-    cols = ["model", "view", *keys]
-    rows = [[m["name"], view, *((m["metrics"]["macro"].get(view) or {}).get(k) for k in keys)]
+            scalars.update(flatten(f"reward/{m['name']}/macro_{view}", {k: macro.get(k) for k in METRICS}))
+    cols = ["model", "view", *METRICS]
+    rows = [[m["name"], view, *((m["metrics"]["macro"].get(view) or {}).get(k) for k in METRICS)]
             for m in results["models"] for view in ("own_goal", "pooled")]
-    out_dir = Path(out).parent if out else Path(".")
-    info = run_info({"models": [{k: m[k] for k in ("name", "dir", "calibration")} for m in results["models"]],
-                     "data": results["data"], "split": results["split"]}) | {"stage": "evaluate",
-                                                                            "seconds": round(seconds, 2)}
-    log_results(logger, out_dir, scalars, info, project, "evaluate", (cols, rows), job_type="evaluate")
+    out_dir = Path(cfg.out).parent if cfg.out else Path(".")
+    info = run_info(config_to_dict(cfg)) | {"stage": "evaluate", "data": results["data"],
+                                            "seconds": round(seconds, 2)}
+    log_results(cfg.logger, out_dir, scalars, info, cfg.wandb_project, "evaluate", (cols, rows), job_type="evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
     with cli_warnings():
-        return _main(argv)
-
-
-def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
-    for k in ("batch_size", "ece_bins", "limit"):
-        v = getattr(args, k)
-        if v is not None and v < 1:
-            raise VlmrError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    evaluate(args.models, args.data, args.split, args.out, args.batch_size, args.device, args.limit, args.ece_bins,
-             not args.no_cache, args.logger, args.wandb_project, progress=not args.quiet)
+        args = vars(build_parser().parse_args(argv))
+        quiet = args.pop("quiet")
+        evaluate(build_config(EvaluateConfig, args, "vlmr evaluate's arguments"), progress=not quiet)
     return 0

@@ -23,18 +23,21 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration, goal_probs
-from vlmr.calibrate.metrics import add_before, evaluate_scores
+from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration
+from vlmr.calibrate.metrics import BEFORE_KEYS, add_before, evaluate_scores
+from vlmr.calibrate.plots import write_plots
+from vlmr.calibrate.report import calibration_report
 from vlmr.calibrate.scores import score_split
 
 from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text
+from vlmr.core.metrics import METRICS
+from vlmr.core.reporting import fmt
 
-VIEW_KEYS = ("precision", "recall", "f1", "auroc", "ap", "ece", "auroc_before", "ap_before", "ece_before")
+VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
 
 
 @config_dataclass
@@ -106,7 +109,7 @@ def _view(m: dict | None) -> dict | None:
     return None if m is None else {k: v for k, v in m.items() if k != "notes"} | {"notes": m.get("notes", [])}
 
 
-def build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest) -> dict:
+def build_calibration(rm, cfg, crit, fit, val, metrics, manifest) -> dict:
     """Everything calibration.json holds besides version and model_id. No paths or times: same inputs, same bytes."""
     goals = {}
     for g, goal in enumerate(rm.goals):
@@ -137,35 +140,6 @@ def build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest) -> dict:
                     "own_goal": _view(metrics["own_goal"]), "macro": metrics["macro"], "notes": metrics["notes"]},
         "warnings": fit.warnings + metrics.get("warnings", []),
     }
-
-
-def write_plots(art: Path, rm, fit, val, test, metrics, cfg, crit) -> list[Path]:
-    from vlmr.calibrate.plots import plot_histograms, plot_pr_curves, plot_reliability
-
-    temps = torch.tensor(fit.temperatures)
-    defaults = torch.full((len(rm.goals),), float(rm.spec.temperature))
-    val_p = goal_probs(torch.from_numpy(val.sims), temps).numpy()
-    test_p = goal_probs(torch.from_numpy(test.sims), temps).numpy()
-    before_p = goal_probs(torch.from_numpy(test.sims), defaults).numpy()
-    fallback = [e["fallback"] for e in fit.goals]
-    target = crit.target_precision if crit.name == "precision_at" else None
-    paths = plot_pr_curves(art, rm.goals, (val_p, val.labels), (test_p, test.labels), fit.thresholds, fallback, target)
-    rows = np.flatnonzero(test.own_goal >= 0)
-    cols = test.own_goal[rows]
-
-    def views(p, ece):
-        out = {"pooled": (p.ravel(), test.labels.ravel(), ece["pooled"])}
-        if len(rows):
-            out["own-goal"] = (p[rows, cols], test.labels[rows, cols], ece["own_goal"])
-        return out
-
-    def ece(suffix):
-        return {v: (metrics[v] or {}).get(f"ece{suffix}") for v in ("pooled", "own_goal")}
-
-    paths.append(plot_reliability(art, {"before temperature fit": views(before_p, ece("_before")),
-                                        "after temperature fit": views(test_p, ece(""))}, cfg.ece_bins))
-    paths += plot_histograms(art, rm.goals, (test_p, test.labels), fit.thresholds, fallback)
-    return paths
 
 
 def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
@@ -203,15 +177,14 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
         metrics["warnings"] = [msg]
         warnings.warn(msg, CalibrationWarning, stacklevel=2)
 
-    body = build_calibration(rm, cfg, crit, fit, val, test, metrics, manifest)
+    body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest)
     write_calibration(out, rm.model_id, body.pop("goals"), **body)
     rm.load_calibration(out)  # the file just written must load for this model: fail here, not in RL
     cal = {"model_id": rm.model_id, "goals": {g: rm.calibration["goals"][g] for g in rm.goals}, **body}
 
     for stale in (*art.glob("pr_curves-*.png"), *art.glob("histograms-*.png"), *art.glob("reliability.png")):
         stale.unlink()  # pages of an earlier run with more goals must not outlive it
-    plots = write_plots(art, rm, fit, val, test, metrics, cfg, crit) if cfg.plots else []
-    from vlmr.calibrate.report import calibration_report
+    plots = write_plots(art, rm, fit, val, test, metrics, crit, cfg.ece_bins) if cfg.plots else []
 
     report = atomic_write_text(art / "report.md", calibration_report(cal, [p.name for p in plots]))
     info = run_info(config_to_dict(cfg)) | {
@@ -227,15 +200,11 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     headline = "own-goal" if own else "pooled"
     h = own or pooled
     print(f"vlmr calibrate: {len(rm.goals)} goals ({sum(e['fallback'] for e in fit.goals)} fallback), "
-          f"{headline} macro on {cfg.eval_split}: precision {_f(h.get('precision'))} recall {_f(h.get('recall'))} "
-          f"F1 {_f(h.get('f1'))} AUROC {_f(h.get('auroc'))} ECE {_f(h.get('ece_before'))}->{_f(h.get('ece'))}; "
+          f"{headline} macro on {cfg.eval_split}: precision {fmt(h.get('precision'))} recall {fmt(h.get('recall'))} "
+          f"F1 {fmt(h.get('f1'))} AUROC {fmt(h.get('auroc'))} ECE {fmt(h.get('ece_before'))}->{fmt(h.get('ece'))}; "
           f"wrote {out} and {report}")
     return {"calibration": out, "report": report, "plots": plots, "run": run_path, "metrics": metrics,
             "warnings": cal["warnings"], "fit": fit}
-
-
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 def _log(cfg, art, cal, info, plots, rm) -> None:

@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vlmr.core.metrics import count_metrics
+
 Criterion = Literal["precision_at", "max_f1", "fbeta"]
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -280,12 +282,9 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     for g, entry in enumerate(goals):
         if entry["fallback"]:
             choice = shared_choice
-            # the shared threshold, measured on this goal's own fitting data where it has any positives
-            pos = labels[:, g] > 0
-            pred = probs[:, g] >= choice.threshold
-            tp = int((pred & pos).sum())
-            entry.update(val_precision=tp / int(pred.sum()) if int(pred.sum()) else None,
-                         val_recall=tp / int(pos.sum()) if int(pos.sum()) else None, target_met=choice.target_met)
+            # the shared threshold, measured on this goal's own fitting data (None where undefined there)
+            counts = count_metrics((probs[:, g] >= choice.threshold).numpy(), (labels[:, g] > 0).numpy())
+            entry.update(val_precision=counts["precision"], val_recall=counts["recall"], target_met=choice.target_met)
         else:
             choice = choose_threshold(probs[:, g], labels[:, g], criterion)
             entry.update(val_precision=choice.precision, val_recall=choice.recall, target_met=choice.target_met)

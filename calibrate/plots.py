@@ -1,41 +1,61 @@
 """Calibration plots (matplotlib, Agg): PR curves, reliability diagrams, score histograms.
 
-    paths = write_plots(out_dir, goals, val=(probs, labels), test=(probs, labels), thresholds=[...],
-                        fallback=[...], reliability={"before": {...}, "after": {...}})
+    paths = write_plots(art_dir, rm, fit, val, test, metrics, cfg, crit)   # what `vlmr calibrate` writes
+    plot_pr_curves(out_dir, goals, val=(probs, labels), test=(probs, labels), thresholds, fallback)
+    plot_reliability(out_dir, {"before ...": {"pooled": (probs, labels, ece)}, "after ...": {...}})
+    plot_histograms(out_dir, goals, test=(probs, labels), thresholds, fallback)
 
 Per-goal figures are small multiples, GOALS_PER_PAGE goals to a page
-(pr_curves-1.png, pr_curves-2.png, ...). Every file is written atomically.
+(pr_curves-1.png, pr_curves-2.png, ...). Every file is written atomically by
+vlmr.core.reporting.save_figure. Operating points come from vlmr.core.metrics:
+a threshold with no predicted positive has no precision, so no point is drawn.
+
+Tests: `.venv/bin/python -m pytest tests/test_calibrate_stage.py -q`
 """
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
+import torch
+from vlmr.calibrate.fitting import goal_probs, pr_curve
 
-from vlmr.core.files import atomic_write_bytes
+from vlmr.core.metrics import count_metrics
+from vlmr.core.reporting import pyplot, save_figure
 
 GOALS_PER_PAGE = 12
 COLS = 4
+DPI = 80  # small multiples of a dozen goals stay a few hundred kB
 
 
-def _plt():
-    import matplotlib
+def write_plots(art: Path, rm, fit, val, test, metrics: dict, crit, n_bins: int) -> list[Path]:
+    """Every figure of one calibration: val/test Scores, its CalibrationFit and evaluate_scores metrics."""
+    temps = torch.tensor(fit.temperatures)
+    defaults = torch.full((len(rm.goals),), float(rm.spec.temperature))
+    val_p = goal_probs(torch.from_numpy(val.sims), temps).numpy()
+    test_p = goal_probs(torch.from_numpy(test.sims), temps).numpy()
+    before_p = goal_probs(torch.from_numpy(test.sims), defaults).numpy()
+    fallback = [e["fallback"] for e in fit.goals]
+    target = crit.target_precision if crit.name == "precision_at" else None
+    paths = plot_pr_curves(art, rm.goals, (val_p, val.labels), (test_p, test.labels), fit.thresholds, fallback, target)
+    rows = np.flatnonzero(test.own_goal >= 0)
+    cols = test.own_goal[rows]
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    def views(p, ece):
+        out = {"pooled": (p.ravel(), test.labels.ravel(), ece["pooled"])}
+        if len(rows):
+            out["own-goal"] = (p[rows, cols], test.labels[rows, cols], ece["own_goal"])
+        return out
 
-    return plt
+    def ece(suffix):
+        return {v: (metrics[v] or {}).get(f"ece{suffix}") for v in ("pooled", "own_goal")}
 
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    # no timestamp or software tag in the PNG: same data, same bytes
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
-    _plt().close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    paths.append(plot_reliability(art, {"before temperature fit": views(before_p, ece("_before")),
+                                        "after temperature fit": views(test_p, ece(""))}, n_bins))
+    paths += plot_histograms(art, rm.goals, (test_p, test.labels), fit.thresholds, fallback)
+    return paths
 
 
 def _pages(num_goals: int) -> list[range]:
@@ -43,7 +63,7 @@ def _pages(num_goals: int) -> list[range]:
 
 
 def _grid(n: int, title: str):
-    plt = _plt()
+    plt = pyplot()
     cols = min(COLS, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
@@ -57,20 +77,14 @@ def _short(goal: str, width: int = 34) -> str:
     return goal if len(goal) <= width else goal[:width - 1] + "…"
 
 
-def _operating_point(probs, labels, threshold):
-    pred = probs >= threshold
-    pos = labels > 0
-    tp = int((pred & pos).sum())
-    precision = tp / int(pred.sum()) if pred.any() else 1.0
-    recall = tp / int(pos.sum()) if pos.any() else float("nan")
-    return recall, precision
+def _operating_point(probs, labels, threshold) -> tuple[float, float] | None:
+    """(recall, precision) of reward = 1[P >= threshold]; None where either is undefined."""
+    m = count_metrics(probs >= threshold, labels > 0)
+    return None if m["precision"] is None or m["recall"] is None else (m["recall"], m["precision"])
 
 
 def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target_precision=None) -> list[Path]:
     """Per-goal PR curves on the fitting (dashed) and test (solid) splits, the chosen threshold marked on each."""
-    import torch
-    from vlmr.calibrate.fitting import pr_curve
-
     paths = []
     for page, idx in enumerate(_pages(len(goals)), start=1):
         fig, axes = _grid(len(idx), "PR curves (dashed: fitting split, solid: test); o = chosen threshold")
@@ -81,7 +95,9 @@ def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target
                     continue
                 p, r, _ = pr_curve(torch.as_tensor(probs[:, g]), torch.as_tensor(y))
                 line, = ax.plot(r, p, style, lw=1.2, label=name)
-                ax.plot(*_operating_point(probs[:, g], y, thresholds[g]), "o", color=line.get_color(), ms=5)
+                point = _operating_point(probs[:, g], y, thresholds[g])
+                if point is not None:
+                    ax.plot(*point, "o", color=line.get_color(), ms=5)
             if target_precision is not None:
                 ax.axhline(target_precision, color="grey", lw=0.6, ls=":")
             tag = " (fallback)" if fallback[g] else ""
@@ -93,8 +109,7 @@ def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target
         axes[0].set_ylabel("precision", fontsize=8)
         if axes[0].get_legend_handles_labels()[0]:
             axes[0].legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        paths.append(_save(fig, Path(out_dir) / f"pr_curves-{page}.png"))
+        paths.append(save_figure(fig, Path(out_dir) / f"pr_curves-{page}.png", DPI))
     return paths
 
 
@@ -109,13 +124,12 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
     return conf[keep] / count[keep], freq[keep] / count[keep], count[keep]
 
 
-def plot_reliability(out_dir: Path, curves: dict[str, dict[str, tuple]], n_bins: int = 15,
-                     name: str = "reliability.png") -> Path:
+def plot_reliability(out_dir: Path, curves: dict[str, dict[str, tuple]], n_bins: int = 15) -> Path:
     """Reliability diagrams, one panel per setting (before / after), one line per view (pooled / own-goal).
 
     curves = {"before temperature fit": {"pooled": (probs, labels, ece), "own-goal": (...)}, "after ...": {...}}
     """
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), squeeze=False)
     for ax, (title, views) in zip(axes[0], curves.items()):
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
@@ -131,8 +145,7 @@ def plot_reliability(out_dir: Path, curves: dict[str, dict[str, tuple]], n_bins:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return _save(fig, Path(out_dir) / name)
+    return save_figure(fig, Path(out_dir) / "reliability.png", DPI)
 
 
 def plot_histograms(out_dir: Path, goals, test, thresholds, fallback) -> list[Path]:
@@ -157,6 +170,5 @@ def plot_histograms(out_dir: Path, goals, test, thresholds, fallback) -> list[Pa
             ax.set_title(_short(goals[g]) + (" (fallback)" if fallback[g] else ""), fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(_save(fig, Path(out_dir) / f"histograms-{page}.png"))
+        paths.append(save_figure(fig, Path(out_dir) / f"histograms-{page}.png", DPI))
     return paths

@@ -1,28 +1,30 @@
 """Text outputs: the calibration report (report.md) and the side-by-side evaluation table.
 
+Numbers go through vlmr.core.reporting.fmt: undefined values (null in the JSON) read "n/a".
+
     text = calibration_report(calibration_dict, plot_names)     # markdown
     print(comparison_table(evaluation["models"]))                # vlmr evaluate's table
 """
 
 from __future__ import annotations
 
+from vlmr.core.reporting import fmt
 
-def fmt(x, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+NA = fmt(None)  # an undefined value or a view without frames
 
 
 def before_after(m: dict | None, key: str) -> str:
     if m is None:
-        return "-"
+        return NA
     b, a = m.get(f"{key}_before"), m.get(key)
     return fmt(a) if f"{key}_before" not in m else f"{fmt(b)} → {fmt(a)}"
 
 
 def _view_row(name: str, m: dict | None, counts: bool = True) -> str:
     if m is None:
-        return f"| {name} | - | - | - | - | - | - | - | - |"
-    pos = str(m["positives"]) if counts and "positives" in m else "-"
-    neg = str(m["negatives"]) if counts and "negatives" in m else "-"
+        return f"| {name} |" + f" {NA} |" * 8
+    pos = str(m["positives"]) if counts and "positives" in m else NA
+    neg = str(m["negatives"]) if counts and "negatives" in m else NA
     return (f"| {name} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('f1'))} | "
             f"{before_after(m, 'auroc')} | {before_after(m, 'ap')} | {before_after(m, 'ece')} | {pos} | {neg} |")
 
@@ -33,7 +35,7 @@ def _cell(s: str) -> str:
 
 def _own(m: dict | None) -> str:
     if m is None:
-        return "-"
+        return NA
     return f"{fmt(m['precision'], 2)} / {fmt(m['recall'], 2)} ({m['positives']} / {m['negatives']})"
 
 
@@ -102,7 +104,7 @@ LABELS = {"precision": "precision", "recall": "recall", "f1": "F1", "auroc": "AU
 
 
 def comparison_table(models: list[dict]) -> str:
-    """Macro metrics of several evaluated reward models, side by side; '-' where undefined."""
+    """Macro metrics of several evaluated reward models, side by side; "n/a" where undefined."""
     names = [m["name"] for m in models]
     width = max(10, *(len(n) for n in names))
     head = f"{'macro metric':<22}" + "".join(f" {n:>{width}}" for n in names)

@@ -40,6 +40,7 @@ from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text
 from vlmr.core.provenance import run_info
+from vlmr.core.reporting import fmt
 
 BASE_INIT_FILE = "base_init.safetensors"
 
@@ -181,10 +182,6 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
         save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp))
         os.replace(tmp, path)
     return dataclasses.replace(model, pretrained=str(path))
-
-
-def fmt(x) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
 def json_safe(obj):

@@ -1,10 +1,10 @@
-"""Reward-quality metrics: the views (per goal, pooled, own-goal, macro) and one-class goals."""
+"""Reward-quality views (per goal, pooled, own-goal, macro, before/after); the metric maths is in test_metrics.py."""
 
 import numpy as np
 import pytest
 import torch
 from vlmr.calibrate.fitting import goal_probs
-from vlmr.calibrate.metrics import add_before, binary_metrics, evaluate_scores, macro_average
+from vlmr.calibrate.metrics import add_before, evaluate_scores
 
 GOALS = ["a red circle", "a blue square", "a green star"]
 
@@ -14,9 +14,9 @@ def manual(probs, labels, thr):
     tp = int((pred & (labels == 1)).sum())
     fp = int((pred & (labels == 0)).sum())
     fn = int((~pred & (labels == 1)).sum())
-    p = tp / (tp + fp) if tp + fp else 0.0
+    p = tp / (tp + fp) if tp + fp else None  # nothing predicted: undefined (vlmr.core.metrics)
     r = tp / (tp + fn)
-    return p, r, 2 * p * r / (p + r) if p + r else 0.0
+    return p, r, 2 * tp / (2 * tp + fp + fn)
 
 
 def auroc(probs, labels):
@@ -31,30 +31,6 @@ def scored(seed=0, n=400):
     sims[:, :3] += 0.05 * labels  # some signal
     own = torch.randint(-1, 3, (n,), generator=gen)
     return sims, labels, own
-
-
-def test_binary_metrics_match_hand_computation():
-    probs = torch.tensor([0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.6, 0.1])
-    labels = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0])
-    m = binary_metrics(probs, labels, probs >= 0.5)
-    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["positives"], m["negatives"]) == (3, 1, 1, 3, 4, 4)
-    p, r, f1 = manual(probs.numpy(), labels.numpy(), 0.5)
-    assert (m["precision"], m["recall"], m["f1"]) == (pytest.approx(p), pytest.approx(r), pytest.approx(f1))
-    assert m["auroc"] == pytest.approx(auroc(probs.numpy(), labels.numpy()))
-    assert 0 < m["ece"] < 1 and 0 < m["ap"] <= 1 and m["notes"] == []
-
-
-def test_one_class_goal_reports_null_auroc_with_a_reason():
-    probs = torch.tensor([0.9, 0.1, 0.6])
-    none_pos = binary_metrics(probs, torch.zeros(3, dtype=torch.long), probs >= 0.5)
-    assert none_pos["auroc"] is None and none_pos["recall"] is None and none_pos["ap"] is None
-    assert none_pos["fp"] == 2 and none_pos["precision"] == 0.0
-    assert any("no positives" in n for n in none_pos["notes"])
-    all_pos = binary_metrics(probs, torch.ones(3, dtype=torch.long), probs >= 0.5)
-    assert all_pos["auroc"] is None and all_pos["recall"] == pytest.approx(2 / 3)
-    assert any("no negatives" in n for n in all_pos["notes"])
-    empty = binary_metrics(torch.zeros(0), torch.zeros(0), torch.zeros(0))
-    assert empty["positives"] == 0 and empty["precision"] is None
 
 
 def test_views_use_each_goals_own_temperature_and_threshold():
@@ -102,7 +78,12 @@ def test_before_after_and_missing_missions():
     assert merged["macro"]["pooled"]["goals"]["auroc"] == 2 and merged["macro"]["pooled"]["goals"]["ece"] == 3
 
 
-def test_macro_average_skips_undefined_values():
-    out = macro_average([{"precision": 1.0, "auroc": None}, {"precision": 0.5, "auroc": 0.8}, None])
-    assert out["precision"] == 0.75 and out["auroc"] == 0.8 and out["recall"] is None
-    assert out["goals"]["precision"] == 2 and out["goals"]["auroc"] == 1
+def test_a_goal_that_never_fires_has_no_precision_and_macro_skips_it():
+    sims, labels, own = scored(seed=2)
+    m = evaluate_scores(sims, labels, own, [0.02] * 3, [0.4, 0.3, 1.5], GOALS)  # P <= 1 < 1.5: goal 2 never fires
+    silent = m["per_goal"][GOALS[2]]["all"]
+    assert silent["precision"] is None and silent["tp"] + silent["fp"] == 0 and silent["recall"] == 0.0
+    assert any("no predicted positives" in n for n in silent["notes"])
+    fired = [m["per_goal"][g]["all"]["precision"] for g in GOALS[:2]]
+    assert m["macro"]["pooled"]["precision"] == pytest.approx(np.mean(fired), abs=1e-6)
+    assert m["macro"]["pooled"]["goals"]["precision"] == 2 and m["macro"]["pooled"]["goals"]["recall"] == 3

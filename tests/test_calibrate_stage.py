@@ -111,6 +111,7 @@ def test_plots_report_and_provenance_are_written(calibrated):
         assert blob.startswith(PNG) and len(blob) > 5000, p
     report = (art / "report.md").read_text()
     assert "own-goal, macro" in report and "pooled, micro" in report and "](reliability.png)" in report
+    assert "| - |" not in report and " nan " not in report  # undefined values read "n/a"
     assert report.count("| go to the ") == 18
     run = json.loads((art / "run.json").read_text())
     assert run["stage"] == "calibrate" and run["config"]["reward_model"] == cfg.reward_model and "time_utc" in run
@@ -201,3 +202,11 @@ def test_cli_runs_and_reports_bad_config(calibrated, tmp_path, capsys):
     assert json.loads((tmp_path / "c.json").read_text())["criterion"]["name"] == "max_f1"
     assert main(["calibrate", str(yaml_path), "eval_split=val"]) == 2
     assert "metrics must come from a split that was not fitted" in capsys.readouterr().err
+
+
+def test_calibration_of_an_older_version_is_refused(calibrated, tmp_path):
+    cfg, result, _ = calibrated
+    old = json.loads(result["calibration"].read_text()) | {"version": 1}  # v1 wrote precision 0.0 for "undefined"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(VlmrError, match=r"version 1; this vlmr reads version 2\. Regenerate it with `vlmr calibrate CONFIG`"):
+        RewardModel.load(cfg.reward_model, calibration=tmp_path / "old.json")

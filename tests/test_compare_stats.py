@@ -1,4 +1,4 @@
-"""vlmr.rl.experiments.stats: precision/recall, bootstrap CIs, normalised AUC, JSON-safe NaNs."""
+"""vlmr.rl.experiments.stats: bootstrap CIs, normalised AUC, JSON-safe NaNs (precision/recall: test_metrics.py)."""
 
 import math
 
@@ -10,20 +10,7 @@ from vlmr.rl.experiments.stats import (
     bootstrap_ci,
     nan_to_none,
     normalized_auc,
-    pooled_precision_recall,
-    precision_recall,
 )
-
-
-def test_precision_recall_counts():
-    pred = [1, 1, 0, 0, 1]
-    truth = [1, 0, 1, 0, 1]
-    r = precision_recall(pred, truth)
-    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (2, 1, 1, 1)
-    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
-    assert math.isnan(precision_recall([0, 0], [1, 0])["precision"])  # nothing predicted: undefined
-    pooled = pooled_precision_recall([precision_recall([1], [1]), precision_recall([1, 1, 1], [0, 0, 0])])
-    assert pooled["precision"] == pytest.approx(0.25)  # counts pooled, not the mean of 1.0 and 0.0
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_agreement():

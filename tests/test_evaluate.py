@@ -3,14 +3,15 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
-from vlmr.calibrate.evaluate import evaluate, main
+from vlmr.calibrate.evaluate import EvaluateConfig, evaluate, main, read_results
 from vlmr.calibrate.fit import CalibrateConfig, calibrate
 from vlmr.calibrate.fitting import CalibrationWarning
 from vlmr.finetune.reward_model import RewardModel
 
-from vlmr.core.dataset import read_manifest
+from vlmr.core.dataset import load_split_arrays, read_manifest
 from vlmr.core.errors import VlmrError
 
 
@@ -44,20 +45,46 @@ def test_side_by_side_table_and_json(models, babyai_dataset, tmp_path, capsys):
     assert (a["name"], b["name"], results["split"]) == ("calibrated", "defaults", "test")
     assert b["calibration"] is None and b["thresholds"] == [0.5] * 18
     assert b["temperatures"] == pytest.approx([0.01] * 18)  # the float32 values the model holds
-    # evaluating with the fitted calibration reproduces the figures calibrate reported on the same split
-    cal = json.loads((models[0] / "calibration.json").read_text())
+    assert a["model_id"] != b["model_id"] and read_results(out) == results
+
+
+def test_evaluate_scores_afresh_and_counts_what_the_reward_does(models, babyai_dataset, tmp_path):
+    cal_path = models[0] / "calibration.json"
+    cache = sorted((models[0] / "calibration").glob("scores-*.npz"))
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    res = evaluate(EvaluateConfig(models=[{"dir": str(models[0]), "calibration": str(cal_path)}],
+                                  data=str(babyai_dataset), cache_scores=False), progress=False)
+    assert [p.stat().st_mtime_ns for p in cache] == stamps  # scored by the model, calibrate's cache untouched
+    m = res["models"][0]["metrics"]
+    # by hand: the calibrated reward model's own 0/1 reward on each test frame, for its own mission
+    rm = RewardModel.load(models[0], calibration=cal_path)
+    test = load_split_arrays(babyai_dataset, "test", goals=rm.goals)
+    rows = np.flatnonzero(test.own_goal >= 0)
+    reward = rm.reward(test.frames[rows], test.own_goal[rows]).numpy() > 0
+    truth = test.labels[rows, test.own_goal[rows]] > 0
+    tp, fp, fn = (int(np.sum(reward & truth)), int(np.sum(reward & ~truth)), int(np.sum(~reward & truth)))
+    assert (m["own_goal"]["tp"], m["own_goal"]["fp"], m["own_goal"]["fn"]) == (tp, fp, fn)
+    assert m["own_goal"]["precision"] == (pytest.approx(tp / (tp + fp), abs=1e-6) if tp + fp else None)
+    assert m["own_goal"]["recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+    # and calibrate, from its own scoring pass, wrote the same figures for this split
+    cal = json.loads(cal_path.read_text())
     for view in ("pooled", "own_goal"):
         for key in ("precision", "recall", "f1", "auroc", "ap", "ece"):
-            assert a["metrics"]["macro"][view][key] == cal["metrics"]["macro"][view][key], (view, key)
-    assert a["metrics"]["own_goal"]["tp"] == cal["metrics"]["own_goal"]["tp"]
-    assert a["model_id"] != b["model_id"]
+            assert m["macro"][view][key] == pytest.approx(cal["metrics"]["macro"][view][key], abs=1e-5), (view, key)
+
+
+def test_results_of_an_older_version_are_refused(tmp_path):
+    old = tmp_path / "results.json"
+    old.write_text(json.dumps({"version": 1, "models": []}))
+    with pytest.raises(VlmrError, match=r"version 1; this vlmr reads version 2\. Regenerate them with `vlmr evaluate`"):
+        read_results(old)
 
 
 def test_wandb_logging_offline(models, babyai_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    evaluate([{"dir": str(models[1]), "calibration": None, "name": None}], str(babyai_dataset),
-             out=str(tmp_path / "r.json"), logger="wandb", progress=False)
+    evaluate(EvaluateConfig(models=[{"dir": str(models[1])}], data=str(babyai_dataset), out=str(tmp_path / "r.json"),
+                            logger="wandb"), progress=False)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
@@ -78,6 +105,8 @@ def test_errors(models, babyai_dataset, tmp_path, capsys):
     assert "must follow the --model" in capsys.readouterr().err
     with pytest.raises(VlmrError, match="distinct --name"):
         main(["--model", str(models[0]), "--model", str(models[0]), *data])
+    with pytest.raises(VlmrError, match=r"limit \(--limit\) must be >= 1"):
+        main(["--model", str(models[0]), "--limit", "0", *data])
     goals = read_manifest(babyai_dataset)["goals"]
     torch.manual_seed(0)
     fewer = RewardModel.create("vlmr-tiny", goals[:3]).save(tmp_path / "fewer")

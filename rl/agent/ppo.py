@@ -41,11 +41,13 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 from vlmr.rl.agent.policy import Agent, GoalLookup, evaluate, goal_vocabulary
 from vlmr.rl.agent.vector_envs import action_names, env_goal_set, make_vector_env, missions
-from vlmr.rl.experiments.stats import nan_to_none, pooled_precision_recall, precision_recall
+from vlmr.rl.experiments.stats import nan_to_none
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, canonical_json, sha256_text
+from vlmr.core.metrics import count_metrics, pooled_count_metrics
+from vlmr.core.reporting import fmt
 
 RESULT_VERSION = 1
 
@@ -350,7 +352,7 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
         curves["episodic_return"].append(metrics.get("charts/episodic_return", math.nan))
         curves["rollout_success_rate"].append(metrics.get("charts/rollout_success_rate", math.nan))
         if reward_model is not None:
-            counts = precision_recall(pred_buf, truth_buf)
+            counts = count_metrics(pred_buf, truth_buf)  # precision/recall None when undefined (never 0 or 1)
             quality_counts.append(counts)
             metrics["reward/precision"], metrics["reward/recall"] = counts["precision"], counts["recall"]
             metrics["reward/cache_hit_rate"] = envs.cache_stats["hit_rate"]
@@ -376,13 +378,13 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
         "reward_model_id": reward_model.model_id if reward_model else None, "goal_source": source,
         "env_steps": global_step, "wall_s": wall, "eval_s": eval_s, "sps": global_step / (wall - eval_s),
         "final_success_rate": curves["success_rate"][-1], "final_eval_episodes": cfg.final_eval_episodes,
-        "reward_quality": pooled_precision_recall(quality_counts) if quality_counts else None,
+        "reward_quality": pooled_count_metrics(quality_counts) if quality_counts else None,
         "cache": envs.cache_stats if reward_model is not None else None, "curves": curves, **(extra or {}),
     }
     atomic_write_json(out / "result.json", nan_to_none(result))
     quality = result["reward_quality"]
     print(f"ppo {out.name}: {global_step} steps in {wall:.0f}s ({result['sps']:.0f} SPS), final success "
-          f"{result['final_success_rate']:.2f}" + (f", reward precision {quality['precision']:.2f}" if quality else "")
+          f"{result['final_success_rate']:.2f}" + (f", reward precision {fmt(quality['precision'], 2)}" if quality else "")
           + f" -> {out / 'result.json'}")
     return nan_to_none(result)
 

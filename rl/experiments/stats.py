@@ -1,12 +1,11 @@
-"""Small statistics for RL results: reward precision/recall, bootstrap CIs, area under a curve.
+"""Small statistics for RL results: bootstrap CIs, area under a curve, JSON-safe NaNs.
 
-    precision_recall(pred, truth)             # {"tp", "fp", "fn", "tn", "precision", "recall"}
     bootstrap_ci([0.9, 0.8, 1.0])             # (mean, lo, hi): percentile bootstrap of the mean
     bootstrap_band(curves)                    # per-column mean and CI over seeds (rows)
     normalized_auc(steps, success)            # area under success-vs-steps, divided by the step range
 
-Pure numpy; undefined values (precision with no predicted positives) are NaN,
-and `nan_to_none` turns them into JSON nulls.
+Pure numpy; undefined values are NaN inside these arrays, and `nan_to_none` turns them into
+JSON nulls. Reward precision/recall of rollouts is vlmr.core.metrics.count_metrics.
 """
 
 from __future__ import annotations
@@ -14,27 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-
-def precision_recall(pred, truth) -> dict:
-    """Counts and precision/recall of binary predictions against ground truth (NaN when undefined)."""
-    pred = np.asarray(pred, dtype=bool).reshape(-1)
-    truth = np.asarray(truth, dtype=bool).reshape(-1)
-    tp = int(np.sum(pred & truth))
-    fp = int(np.sum(pred & ~truth))
-    fn = int(np.sum(~pred & truth))
-    tn = int(np.sum(~pred & ~truth))
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "precision": tp / (tp + fp) if tp + fp else math.nan,
-            "recall": tp / (tp + fn) if tp + fn else math.nan}
-
-
-def pooled_precision_recall(counts: list[dict]) -> dict:
-    """Precision/recall from summed counts of several batches (not the mean of batch precisions)."""
-    total = {k: sum(c[k] for c in counts) for k in ("tp", "fp", "fn", "tn")}
-    tp, fp, fn = total["tp"], total["fp"], total["fn"]
-    return {**total, "precision": tp / (tp + fp) if tp + fp else math.nan,
-            "recall": tp / (tp + fn) if tp + fn else math.nan}
 
 
 def bootstrap_ci(values, num_samples: int = 10000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

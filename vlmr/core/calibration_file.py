@@ -13,7 +13,8 @@ from pathlib import Path
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json
 
-CALIBRATION_VERSION = 1
+# 2: undefined metrics are null with a note (version 1 wrote precision 0.0 where nothing was predicted)
+CALIBRATION_VERSION = 2
 
 
 def write_calibration(path: str | Path, model_id: str, goals: dict[str, dict], **extra) -> Path:
@@ -28,8 +29,9 @@ def read_calibration(path: str | Path, model_id: str | None = None, goals: list[
     """Load a calibration file, checking its version, that it was fitted for `model_id`, and that it covers `goals`."""
     data = read_json(path, "calibration file")
     if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:
-        raise VlmrError(f"calibration file {path} has version {data.get('version') if isinstance(data, dict) else None!r}; "
-                        f"this vlmr reads version {CALIBRATION_VERSION}. Refit it with `vlmr calibrate`.")
+        found = data.get("version") if isinstance(data, dict) else None
+        raise VlmrError(f"calibration file {path} has version {found!r}; this vlmr reads version "
+                        f"{CALIBRATION_VERSION}. Regenerate it with `vlmr calibrate CONFIG`.")
     if model_id is not None and data.get("model_id") != model_id:
         raise VlmrError(f"calibration file {path} was fitted for reward model {str(data.get('model_id'))[:12]}, "
                         f"not for this one ({model_id[:12]}). Run `vlmr calibrate` for this model.")

@@ -66,7 +66,8 @@ def binary_metrics(probs: torch.Tensor, labels: torch.Tensor, preds: torch.Tenso
     """Metrics of one set of decisions: probs (M,) in [0, 1], labels (M,) 0/1, preds (M,) the binary rewards."""
     from torchmetrics.functional.classification import binary_calibration_error
 
-    probs, labels, preds = probs.float().reshape(-1), labels.long().reshape(-1), preds.bool().reshape(-1)
+    # contiguous: a goal's column of a (N, G) matrix is strided, and torchmetrics' bucketize warns on that
+    probs, labels, preds = probs.float().contiguous().reshape(-1), labels.long().reshape(-1), preds.bool().reshape(-1)
     if probs.numel() == 0:
         return {"positives": 0, "negatives": 0, "notes": ["no samples"], **dict.fromkeys(METRICS)}
     counts = count_metrics(preds.numpy(), labels.numpy().astype(bool))
