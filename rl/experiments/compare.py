@@ -9,10 +9,11 @@ Arms: `ground_truth` (no reward model: the env's own reward, the upper bound)
 and one per entry of `reward_models` ({name: {reward_model: DIR, calibration:
 FILE}}: zero_shot, adapted, any other reward-model directories). Every arm runs
 the same PPO settings (`rl`), the same seeds and step budget; only the reward
-differs. `contrasts` ([[adapted, zero_shot], ...]) names the pairs of arms whose
-difference the report states, with a bootstrap CI; no arm is compared otherwise. With goal_encoding=text every arm's policy gets its goal embeddings
+differs. With goal_encoding=text every arm's policy gets its goal embeddings
 from ONE model (`goal_model`, default: the first arm that has a reward model),
-so that the goal input does not differ between arms either.
+so that the goal input does not differ between arms either. `contrasts`
+([[adapted, zero_shot], ...]) names the pairs of arms whose difference (a - b)
+the report states with a bootstrap CI; no other pair of arms is compared.
 
 Each (arm, seed) run lives in OUT_DIR/runs/ARM/seed-S/ and writes result.json
 last, atomically. A run whose result.json matches the current settings and
