@@ -9,7 +9,9 @@ import yaml
 from vlmr.finetune.reward_model import RewardModel
 from vlmr.rl.envs.babyai_goals import family_goals
 from vlmr.rl.experiments.compare import CompareConfig, compare
+from vlmr.rl.experiments.compare_summary import contrasts
 
+from vlmr.core.config import load_config
 from vlmr.core.errors import VlmrError
 
 RL = dict(env_id="BabyAI-GoToObj-v0", total_timesteps=256, num_envs=4, num_steps=64, eval_episodes=4,
@@ -24,7 +26,7 @@ def rm_dir(tmp_path_factory):
 
 def config(tmp_path, rm_dir, **rl):
     return CompareConfig(out_dir=str(tmp_path / "cmp"), num_seeds=2, reward_models={"zero_shot": {"reward_model": rm_dir}},
-                         rl={**RL, **rl})
+                         contrasts=[("zero_shot", "ground_truth")], rl={**RL, **rl})
 
 
 def mtimes(root):
@@ -46,6 +48,12 @@ def test_compare_runs_resumes_and_reports(tmp_path, rm_dir, capsys):
     assert "precision_curve" in zs and "precision_curve" not in results["arms"][0]
     report = (out / "report.md").read_text()
     assert "| ground_truth |" in report and "| zero_shot |" in report and "stand-in" in report
+    # the configured contrast, and only it, is reported: zero_shot - ground_truth, from the per-seed values
+    assert set(results["comparisons"]) == {"zero_shot_minus_ground_truth/final_success",
+                                           "zero_shot_minus_ground_truth/auc"}
+    diff = results["comparisons"]["zero_shot_minus_ground_truth/final_success"]
+    assert diff["mean"] == pytest.approx(zs["final_success"]["mean"] - results["arms"][0]["final_success"]["mean"])
+    assert "**zero_shot_minus_ground_truth/final_success**" in report
     # every arm used the same goal embeddings: the zero-shot model's (the first arm with a model)
     gt_result = json.loads((out / "runs/ground_truth/seed-0/result.json").read_text())
     assert gt_result["goal_source"] == zs_result_source(out)
@@ -87,8 +95,6 @@ def test_shards_then_aggregate(tmp_path, rm_dir, capsys):
 def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):
     with pytest.raises(VlmrError, match="no finished runs"):
         compare(config(tmp_path, rm_dir), aggregate_only=True)
-    from vlmr.core.config import load_config
-
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"rl": {"reward_model": rm_dir}}))
     with pytest.raises(VlmrError, match="set per arm"):
@@ -112,3 +118,35 @@ def test_cli_shard_and_aggregate(tmp_path, rm_dir):
     assert main(["compare", str(path), "--aggregate"]) == 0
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert results["arms"][0]["name"] == "ground_truth" and results["missing"] == []
+
+
+def test_contrasts_name_arms_of_the_config(tmp_path, rm_dir):
+    models = {"zero_shot": {"reward_model": rm_dir}, "adapted": {"reward_model": rm_dir}}
+    for pairs, message in (([["adapted", "zero_shoot"]], "zero_shoot"), ([["adapted", "adapted"]], "with itself"),
+                           ([["adapted"]], "contrasts")):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"reward_models": models, "contrasts": pairs}))
+        with pytest.raises(VlmrError, match=message) as err:
+            load_config(CompareConfig, path)
+        assert "contrasts" in str(err.value)
+    with pytest.raises(VlmrError, match=r"contrasts name \['control'\], which are not arms") as err:
+        load_config(CompareConfig, path, ["contrasts=[[adapted, control]]"])
+    assert all(repr(arm) in str(err.value) for arm in ("ground_truth", "zero_shot", "adapted"))  # the arms there are
+    # the shipped configs state the difference the reports have always shown
+    for name in ("rl/compare_babyai", "rl/compare_crafter"):
+        assert load_config(CompareConfig, name).contrasts == [("adapted", "zero_shot")]
+
+
+def test_contrasts_compare_any_named_pair_and_skip_arms_without_runs():
+    def arm(name, finals):
+        return {"name": name, "seeds": list(range(len(finals))), "final_success": {"values": finals},
+                "auc": {"values": [v / 2 for v in finals]}}
+
+    arms = [arm("a", [1.0, 1.0]), arm("b", [0.0, 1.0]), arm("c", [0.5])]
+    out = contrasts([("a", "b"), ("c", "a"), ("a", "missing")], arms, 10000, 0.95)
+    assert list(out) == ["a_minus_b/final_success", "a_minus_b/auc", "c_minus_a/final_success", "c_minus_a/auc"]
+    assert (out["a_minus_b/final_success"]["mean"], out["a_minus_b/final_success"]["lo"],
+            out["a_minus_b/final_success"]["hi"]) == (0.5, 0.0, 1.0)  # b's two-point bootstrap, reflected
+    assert out["a_minus_b/auc"]["mean"] == 0.25
+    assert out["c_minus_a/final_success"]["mean"] == -0.5 and out["c_minus_a/final_success"]["lo"] is None
+    assert contrasts([], arms, 100, 0.95) == {}  # no pair named: nothing compared, whatever the arms are called

@@ -4,30 +4,47 @@ import math
 
 import numpy as np
 import pytest
-from vlmr.rl.experiments.compare import difference_ci
 from vlmr.rl.experiments.stats import (
     bootstrap_band,
     bootstrap_ci,
+    difference_ci,
     nan_to_none,
     normalized_auc,
 )
 
 
-def test_bootstrap_ci_brackets_the_mean_and_narrows_with_agreement():
-    mean, lo, hi = bootstrap_ci([0.2, 0.5, 0.9], num_samples=5000)
-    assert mean == pytest.approx(1.6 / 3) and 0.2 <= lo < mean < hi <= 0.9
+def test_bootstrap_ci_of_a_constant_sample_has_zero_width_at_that_value():
     assert bootstrap_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7, 0.7))
-    assert bootstrap_ci([0.4, float("nan")]) == (0.4, 0.4, 0.4)
+    assert bootstrap_ci([0.4, float("nan")]) == (0.4, 0.4, 0.4)  # NaN dropped; one value left: no spread
     assert all(math.isnan(v) for v in bootstrap_ci([float("nan")]))
-    m, lo2, hi2 = bootstrap_band(np.array([[0.0, 1.0], [0.0, 0.5]]))
-    assert m.tolist() == [0.0, 0.75] and lo2[0] == hi2[0] == 0.0 and lo2[1] >= 0.5 and hi2[1] <= 1.0
 
 
-def test_difference_ci_sign():
+def test_bootstrap_ci_of_two_points_follows_the_exact_bootstrap_distribution():
+    # resampling [0, 1] twice gives a mean of 0, 0.5 or 1 with probability 1/4, 1/2, 1/4: the 2.5% and 97.5%
+    # quantiles are 0 and 1, the 30% and 70% quantiles (a 40% interval) are both 0.5
+    assert bootstrap_ci([0.0, 1.0], num_samples=10000, ci=0.95) == (0.5, 0.0, 1.0)
+    assert bootstrap_ci([0.0, 1.0], num_samples=10000, ci=0.4) == (0.5, 0.5, 0.5)
+    mean, lo, hi = bootstrap_band(np.array([[0.0, 1.0], [0.0, 0.5]]), num_samples=10000)
+    assert mean.tolist() == [0.0, 0.75] and lo.tolist() == [0.0, 0.5] and hi.tolist() == [0.0, 1.0]
+
+
+def test_bootstrap_ci_widens_with_the_spread():
+    # same seed, same resampled indices: five times the spread around the mean is five times the interval
+    _, lo, hi = bootstrap_ci([0.4, 0.5, 0.6], num_samples=2000)
+    _, wide_lo, wide_hi = bootstrap_ci([0.0, 0.5, 1.0], num_samples=2000)
+    assert hi - lo > 0
+    assert wide_hi - wide_lo == pytest.approx(5 * (hi - lo))
+    assert (wide_lo, wide_hi) == pytest.approx((0.5 - 5 * (0.5 - lo), 0.5 + 5 * (hi - 0.5)))
+
+
+def test_difference_ci():
     d, lo, hi = difference_ci([0.9, 0.95, 1.0], [0.1, 0.2, 0.15], 2000, 0.95)
     assert d == pytest.approx(0.8) and lo > 0
     d, lo, hi = difference_ci([0.1, 0.9], [0.5, 0.5], 2000, 0.95)
     assert lo < 0 < hi
+    # b constant: the difference's bootstrap distribution is a's, shifted (see the two-point test above)
+    assert difference_ci([0.0, 1.0], [0.25, 0.25], 10000, 0.95) == (0.25, -0.25, 0.75)
+    assert difference_ci([0.0, 1.0], [0.3], 10000, 0.95) == (pytest.approx(0.2), None, None)  # one seed: no CI
 
 
 def test_normalized_auc():

@@ -58,8 +58,9 @@ def test_every_shipped_pipeline_and_rl_config_loads_with_its_stage_sections():
     from vlmr.rl.agent.ppo import PPOConfig
     from vlmr.rl.collect.collect import CollectConfig
     from vlmr.rl.experiments.compare import CompareConfig
-    from vlmr.rl.experiments.pipeline import PipelineConfig, stage_config
+    from vlmr.rl.experiments.pipeline import PipelineConfig
     from vlmr.rl.experiments.scaling import ScalingConfig, chain_config
+    from vlmr.rl.experiments.stage_runner import stage_config
 
     for path in sorted(Path("configs/rl").glob("*.yaml")):
         load_config(CompareConfig if path.stem.startswith("compare") else PPOConfig, str(path))

@@ -25,7 +25,7 @@ def write_config(tmp_path, adapt_steps: int) -> str:
                           "data": {"batch_size": 32}, "logger": "none"}},
         "calibrate": {"config": "configs/calibrate/babyai_goto.yaml", "set": {"logger": "none", "plots": False}},
         "compare": {"config": "configs/rl/compare_babyai.yaml",
-                    "set": {"num_seeds": 1, "bootstrap_samples": 200,
+                    "set": {"num_seeds": 1, "bootstrap_samples": 200, "contrasts": [],  # the pipeline's default
                             "rl": {"total_timesteps": 256, "num_envs": 4, "num_steps": 32, "eval_every": 100,
                                    "eval_episodes": 2, "final_eval_episodes": 4, "logger": "none"}}},
     }
@@ -49,6 +49,9 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
                           "calibrate_adapted", "evaluate", "compare"}
     results = json.loads((tmp_path / "runs" / "smoke" / "compare" / "results.json").read_text())
     assert {a["name"] for a in results["arms"]} == {"ground_truth", "zero_shot", "adapted"}
+    # no contrasts configured: the pipeline compares what adaptation adds, as the demo report always has
+    assert set(results["comparisons"]) == {"adapted_minus_zero_shot/final_success", "adapted_minus_zero_shot/auc"}
+    assert "**adapted_minus_zero_shot/final_success**" in text
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
 
@@ -113,7 +116,7 @@ def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
 
 def test_only_an_interrupted_attempt_with_the_same_config_resumes(tmp_path):
     import pytest
-    from vlmr.rl.experiments.pipeline import StageRunner
+    from vlmr.rl.experiments.stage_runner import StageRunner
 
     runner = StageRunner(tmp_path, force=set())
     assert not runner.interrupted("adapted", {"steps": 2})  # never started
@@ -144,3 +147,18 @@ def test_scaling_bad_configs_name_the_problem(tmp_path):
         with pytest.raises(VlmrError, match=message):
             scaling(load_config(ScalingConfig, str(path)))
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_stage_names_are_rejected_with_the_list_of_stages(tmp_path, capsys):
+    import pytest
+
+    from vlmr.cli import main
+    from vlmr.core.errors import VlmrError
+
+    path = write_config(tmp_path, adapt_steps=2)
+    with pytest.raises(VlmrError, match=r"unknown stage 'calibrate'; the stages are collect_shapes, .*, compare$"):
+        pipeline(load_config(PipelineConfig, path), force={"calibrate", "adapted"})
+    assert main(["pipeline", path, "--force", "adapted", "calibrate_adapted", "calbrate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'calbrate'" in err and "calibrate_zero_shot, calibrate_adapted, calibrate_control" in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # rejected before any stage

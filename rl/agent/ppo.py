@@ -43,9 +43,9 @@ from vlmr.rl.agent.policy import Agent, GoalLookup, evaluate, goal_vocabulary
 from vlmr.rl.agent.vector_envs import action_names, env_goal_set, make_vector_env, missions
 from vlmr.rl.experiments.stats import nan_to_none
 
-from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.config import config_dataclass, config_fingerprint, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text, canonical_json, sha256_text
+from vlmr.core.files import atomic_write_json, atomic_write_text, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
 from vlmr.core.reporting import fmt
 
@@ -206,9 +206,7 @@ def shared_reward_cache(reward_model, size: int):
 
 def fingerprint(cfg: PPOConfig) -> str:
     """Identity of what a run computes: every setting except where and how it is logged."""
-    fields = {k: v for k, v in config_to_dict(cfg).items()
-              if k not in ("out_dir", "logger", "wandb_project", "progress", "torch_threads")}
-    return sha256_text(canonical_json(fields))
+    return config_fingerprint(cfg, drop=("out_dir", "logger", "wandb_project", "progress", "torch_threads"))
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -29,10 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmr.core.config import build_config, config_dataclass, config_to_dict, load_config, shipped_configs
+from vlmr.core.config import (
+    build_config,
+    config_dataclass,
+    config_fingerprint,
+    config_to_dict,
+    load_config,
+    shipped_configs,
+)
 from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shard_name, write_manifest
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, canonical_json, read_json, sha256_file, sha256_text
+from vlmr.core.files import atomic_write_json, read_json, sha256_file
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
@@ -98,10 +105,7 @@ def validate(cfg: CollectConfig) -> None:
 
 def fingerprint(cfg: CollectConfig) -> str:
     """What decides shard content: the config minus where it goes and whether to overwrite."""
-    d = config_to_dict(cfg)
-    for k in ("out_dir", "overwrite", "name"):
-        d.pop(k)
-    return sha256_text(canonical_json(d))
+    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name"))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)

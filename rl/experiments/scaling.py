@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlmr.calibrate.report import fmt
-
 from vlmr.core.config import config_dataclass, load_config
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from vlmr.core.files import atomic_write_json, atomic_write_text, read_json
+from vlmr.core.reporting import fmt, pyplot, save_figure
 
 
 @config_dataclass
@@ -47,7 +45,8 @@ class ScalingConfig:
 
 
 def chain_config(cfg: ScalingConfig, model: ScalingModel):
-    from vlmr.rl.experiments.pipeline import PipelineConfig, StageSection, stage_config
+    from vlmr.rl.experiments.pipeline import PipelineConfig
+    from vlmr.rl.experiments.stage_runner import StageSection, stage_config
 
     wiring = {"name": f"{cfg.name}_{model.arch}", "arch": model.arch, "image_size": model.image_size,
               "frame_size": model.frame_size, "runs_dir": cfg.runs_dir}
@@ -65,9 +64,10 @@ def parameter_count(checkpoint: Path) -> int:
 
 def collect_row(run_dir: Path, model: ScalingModel) -> dict:
     """One model's numbers from its chain's outputs."""
-    from vlmr.rl.experiments.pipeline import headline
+    from vlmr.calibrate.evaluate import read_results
+    from vlmr.rl.experiments.pipeline_stages import headline
 
-    evaluated = read_json(run_dir / "evaluate" / "results.json", "evaluation results")
+    evaluated = read_results(run_dir / "evaluate" / "results.json")
     arms, views = {}, set()
     for m in evaluated["models"]:
         view, head = headline(m["metrics"]["macro"])  # own-goal on BabyAI, pooled where frames have no mission
@@ -83,20 +83,20 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
             "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms}
 
 
+def arm_names(rows: list[dict]) -> list[str]:
+    """Every arm of the chains, in the order they first appear (the pipeline's: zero_shot, adapted, ...)."""
+    return list(dict.fromkeys(a for r in rows for a in r["arms"]))
+
+
 def plot(rows: list[dict], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     view = "/".join(sorted({r.get("view", "own-goal") for r in rows}))
     panels = [("auroc", f"{view} AUROC (test)"), ("precision", "precision at calibrated threshold (test)")]
     if any("final_success" in a for r in rows for a in r["arms"].values()):
         panels.append(("final_success", "agent success (ground truth)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    arms = sorted({a for r in rows for a in r["arms"]}, key=lambda a: (a != "zero_shot", a))
     for ax, (key, title) in zip(axes, panels):
-        for arm in arms:
+        for arm in arm_names(rows):
             pts = [(r["params"], _mean(r["arms"].get(arm, {}).get(key))) for r in rows]
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
@@ -109,11 +109,7 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(out, buf.getvalue())
+    return save_figure(fig, out, dpi=120)
 
 
 def _mean(v):
@@ -122,8 +118,8 @@ def _mean(v):
 
 
 def report(cfg: ScalingConfig, rows: list[dict], png: Path) -> str:
-    arms = sorted({a for r in rows for a, m in r["arms"].items() if m.get("auroc") is not None},
-                  key=lambda a: (a != "zero_shot", a))  # reward models only: ground truth has no AUROC
+    # reward models only: ground truth has no AUROC
+    arms = [a for a in arm_names(rows) if any(r["arms"].get(a, {}).get("auroc") is not None for r in rows)]
     lines = [f"# vlmr scaling study: {cfg.name}", "",
              f"One `{cfg.pipeline}` chain per model size. The base CLIPs are pretrained by vlmr on the synthetic "
              "shapes corpus, all with the same recipe: stand-ins for web-scale CLIP.", "",

@@ -2,6 +2,7 @@
 
     bootstrap_ci([0.9, 0.8, 1.0])             # (mean, lo, hi): percentile bootstrap of the mean
     bootstrap_band(curves)                    # per-column mean and CI over seeds (rows)
+    difference_ci(a, b)                       # (mean(a) - mean(b), lo, hi): each group resampled on its own
     normalized_auc(steps, success)            # area under success-vs-steps, divided by the step range
 
 Pure numpy; undefined values are NaN inside these arrays, and `nan_to_none` turns them into
@@ -35,6 +36,19 @@ def bootstrap_band(curves, num_samples: int = 2000, ci: float = 0.95, seed: int 
     cols = [bootstrap_ci(curves[:, k], num_samples, ci, seed) for k in range(curves.shape[1])]
     mean, lo, hi = (np.array(c) for c in zip(*cols)) if cols else (np.array([]),) * 3
     return mean, lo, hi
+
+
+def difference_ci(a, b, num_samples: int = 10000, ci: float = 0.95, seed: int = 0):
+    """Mean of a minus mean of b, with a bootstrap CI resampling each group independently (None, None: a group
+    has fewer than two values)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return float(a.mean() - b.mean()), None, None
+    rng = np.random.default_rng(seed)
+    diffs = (a[rng.integers(0, len(a), (num_samples, len(a)))].mean(1)
+             - b[rng.integers(0, len(b), (num_samples, len(b)))].mean(1))
+    alpha = (1 - ci) / 2
+    return float(a.mean() - b.mean()), float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))
 
 
 def normalized_auc(steps, values) -> float:

@@ -1,0 +1,217 @@
+"""The stages of `vlmr pipeline`, each a call of one vlmr command with the chain's wiring on top of its config.
+
+    data = collect_data(cfg, runner, shapes=True)        # {"shapes": DIR, "domain": DIR}
+    models = train_models(cfg, runner, run_dir, data, manifest_sha, base_weights=None)
+    calibrate_models(cfg, runner, models, data["domain"], manifest_sha["domain"])
+    evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"])
+    run_compare(cfg, runner, run_dir, models)
+
+Each stage's fingerprint is its config plus the identities of its inputs (manifest hashes, reward-model ids,
+calibration file hashes), so a changed upstream stage reruns everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, stage_config
+
+from vlmr.core.files import read_json, sha256_file
+from vlmr.core.reporting import fmt
+
+if TYPE_CHECKING:  # only a type here; pipeline.py imports this module
+    from vlmr.rl.experiments.pipeline import PipelineConfig
+
+# the contrasts the compare stage reports when its config names none: what LoRA adaptation adds to the base
+DEFAULT_CONTRASTS = [("adapted", "zero_shot")]
+
+
+def dataset_valid(path: Path) -> bool:
+    from vlmr.core.dataset import SPLITS, read_manifest, split_shards
+
+    manifest = read_manifest(path)
+    return all(split_shards(path, s, manifest) for s in SPLITS)
+
+
+def reward_model_valid(path: Path) -> bool:
+    return (path / "reward_model.json").is_file()
+
+
+def headline(macro: dict) -> tuple[str, dict]:
+    """The metrics a one-line summary shows: own-goal where frames have missions (BabyAI), else pooled (Crafter)."""
+    own = macro.get("own_goal") or {}
+    return ("own-goal", own) if own.get("auroc") is not None else ("pooled", macro.get("pooled") or {})
+
+
+def check_base_pretrained(cfg: PipelineConfig) -> tuple[str, str]:
+    """(value for model.pretrained, identity for fingerprints) of a ready-made base; clear errors if unusable."""
+    from vlmr.finetune.models import check_architecture, register_model_configs, resolve_pretrained
+
+    register_model_configs()
+    check_architecture(cfg.arch)
+    value, kind = resolve_pretrained(cfg.arch, cfg.base_pretrained)
+    if kind != "file":
+        return value, f"{cfg.arch}:{value}"
+    path = str(Path(value).resolve())
+    return path, sha256_file(path)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def collect_data(cfg: PipelineConfig, runner: StageRunner, shapes: bool) -> dict[str, Path]:
+    """The generic corpus (when `shapes`) at the model's input size, the domain at frame_size."""
+    from vlmr.rl.collect.collect import CollectConfig, collect
+
+    data = {}
+    sources = (("shapes", cfg.shapes), ("domain", cfg.domain)) if shapes else (("domain", cfg.domain),)
+    for key, section in sources:
+        out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
+        size = (cfg.frame_size or cfg.image_size) if key == "domain" else cfg.image_size
+        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": size, "overwrite": True},
+                            f"collect_{key}")
+
+        def body(ccfg=ccfg):
+            manifest = read_json(Path(collect(ccfg, resume=True, workers=cfg.workers)) / "manifest.json")
+            counts = "/".join(str(manifest["splits"][s]["samples"]) for s in ("train", "val", "test"))
+            return f"{manifest['name']}: {counts} train/val/test frames, {len(manifest['goals'])} goals"
+
+        runner.run(f"collect_{key}", dataclasses.asdict(ccfg), lambda out=out: dataset_valid(out), body)
+        data[key] = out
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ models
+def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: StageSection, wiring: dict,
+                inputs: dict) -> Path:
+    """One `vlmr finetune` run as a stage; returns its reward-model directory."""
+    from vlmr.finetune.train import FinetuneConfig, finetune
+
+    fcfg = stage_config(FinetuneConfig, section, {"name": f"{cfg.name}/{stage}", "output_dir": cfg.runs_dir,
+                                                  **wiring}, stage)
+    rm_dir = Path(cfg.runs_dir) / cfg.name / stage / "reward_model"
+    fingerprint = {"config": dataclasses.asdict(fcfg), "inputs": inputs}
+    # resume only an interrupted attempt at this same stage config; a changed stage starts over
+    run_cfg = dataclasses.replace(fcfg, resume=fcfg.resume and runner.interrupted(stage, fingerprint))
+
+    def body():
+        s = finetune(run_cfg, progress=False)
+        val = s.get("val", {})
+        own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
+        what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
+        return f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC {fmt(auroc)}"
+
+    runner.run(stage, fingerprint, lambda: reward_model_valid(rm_dir), body)
+    return rm_dir
+
+
+def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path], manifest_sha: dict[str, str],
+                 base_weights: tuple[str, str] | None) -> dict[str, Path]:
+    """Base pretraining (unless base_weights is given), zero-shot export, LoRA adaptation, random-init control."""
+    from vlmr.rl.envs.babyai_goals import goal_prompts
+
+    if base_weights:
+        base_ckpt, base_identity = base_weights
+    else:
+        base_dir = train_stage(cfg, runner, "base", cfg.base, {"data": {"dir": str(data["shapes"])}, "lora": None,
+                                                               "model": {"arch": cfg.arch, "pretrained": None}},
+                               {"shapes": manifest_sha["shapes"]})
+        base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
+        base_identity = sha256_file(base_ckpt)
+    prompts = goal_prompts(read_json(data["domain"] / "manifest.json")["goals"], cfg.goal_templates)
+    domain_hashes = {"domain": manifest_sha["domain"], "base": base_identity}
+
+    def on_domain(pretrained: str | None, **extra) -> dict:
+        """Wiring shared by the domain models: same data, architecture and prompts; only the init differs."""
+        return {"data": {"dir": str(data["domain"])}, **extra,
+                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts}}
+
+    models = {"zero_shot": train_stage(cfg, runner, "zero_shot", cfg.adapt,
+                                       on_domain(base_ckpt, trainer={"max_steps": 0}), domain_hashes),
+              "adapted": train_stage(cfg, runner, "adapted", cfg.adapt, on_domain(base_ckpt), domain_hashes)}
+    if cfg.control:
+        models["control"] = train_stage(cfg, runner, "control", cfg.adapt, on_domain(None),
+                                        {"domain": manifest_sha["domain"]})
+    return models
+
+
+# ------------------------------------------------------------------------------------------------ reward quality
+def _calibration_current(rm_dir: Path) -> bool:
+    from vlmr.finetune.reward_model import reward_model_id
+
+    from vlmr.core.calibration_file import read_calibration
+
+    read_calibration(rm_dir / "calibration.json", model_id=reward_model_id(rm_dir))
+    return True
+
+
+def calibrate_models(cfg: PipelineConfig, runner: StageRunner, models: dict[str, Path], domain: Path,
+                     domain_sha: str) -> dict[str, Path]:
+    """Calibrate each reward model on the domain's val split (metrics on test); returns their report.md paths."""
+    from vlmr.calibrate.fit import CalibrateConfig, calibrate
+    from vlmr.finetune.reward_model import reward_model_id
+
+    reports = {}
+    for arm, rm_dir in models.items():
+        kcfg = stage_config(CalibrateConfig, cfg.calibrate, {"reward_model": str(rm_dir), "data": str(domain),
+                                                             "out": None}, f"calibrate_{arm}")
+
+        def body(kcfg=kcfg):
+            view, m = headline(calibrate(kcfg, progress=False)["metrics"]["macro"])
+            return (f"{view} test precision {fmt(m.get('precision'))} recall {fmt(m.get('recall'))} "
+                    f"AUROC {fmt(m.get('auroc'))}")
+
+        runner.run(f"calibrate_{arm}", {"config": dataclasses.asdict(kcfg), "model": reward_model_id(rm_dir),
+                                        "domain": domain_sha},
+                   lambda rm_dir=rm_dir: _calibration_current(rm_dir), body)
+        reports[arm] = rm_dir / "calibration" / "report.md"
+    return reports
+
+
+def _model_identities(models: dict[str, Path]) -> dict:
+    """What the evaluation and the agents depend on: each reward model's id and its calibration file's hash."""
+    from vlmr.finetune.reward_model import reward_model_id
+
+    return {"models": {arm: reward_model_id(d) for arm, d in models.items()},
+            "calibrations": {arm: sha256_file(d / "calibration.json") for arm, d in models.items()}}
+
+
+def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path,
+                    domain_sha: str) -> Path:
+    """Offline A/B: every reward model on the domain's test split; returns the results.json path."""
+    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, evaluate, read_results
+
+    eval_json = run_dir / "evaluate" / "results.json"
+    cfg = EvaluateConfig(models=[EvaluatedModel(dir=str(d), calibration=str(d / "calibration.json"), name=arm)
+                                 for arm, d in models.items()], data=str(domain), split="test", out=str(eval_json))
+
+    def body():
+        res = evaluate(cfg, progress=False)
+        heads = {m["name"]: headline(m["metrics"]["macro"]) for m in res["models"]}
+        return ", ".join(f"{k} {view} AUROC {fmt(m.get('auroc'))}" for k, (view, m) in heads.items())
+
+    runner.run("evaluate", {**_model_identities(models), "domain": domain_sha}, lambda: read_results(eval_json), body)
+    return eval_json
+
+
+# ------------------------------------------------------------------------------------------------ agents
+def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path]) -> Path:
+    """PPO agents on each reward model (and the env's own reward), judged on ground-truth success."""
+    from vlmr.rl.experiments.compare import CompareConfig, compare
+
+    out = run_dir / "compare"
+    arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
+    wiring = {"out_dir": str(out), "reward_models": arms}
+    if cfg.frame_size:  # the agents' reward sees frames drawn the way the domain data was
+        wiring["rl"] = {"image_size": cfg.frame_size}
+    ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")
+    if not ccfg.contrasts:
+        ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
+
+    def body():
+        res = compare(ccfg)
+        return "final success " + ", ".join(f"{a['name']} {a['final_success_mean']:.2f}" for a in res["arms"])
+
+    runner.run("compare", {"config": dataclasses.asdict(ccfg), **_model_identities(models)},
+               lambda: (out / "results.json").is_file(), body)
+    return out / "report.md"
