@@ -39,7 +39,7 @@ from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json
 from vlmr.core.provenance import run_info
-from vlmr.core.tracking import lightning_logger
+from vlmr.core.tracking import finish_lightning_logger, lightning_logger
 
 BASE_INIT_FILE = "base_init.safetensors"
 
@@ -225,7 +225,7 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                                 loss=dataclasses.asdict(cfg.loss), optim=dataclasses.asdict(cfg.optim),
                                 max_steps=tc.max_steps)
     info = run_info(config_to_dict(cfg), cfg.seed)
-    logger = lightning_logger(cfg.logger, run_dir, cfg.wandb_project, cfg.name, cfg.resume,
+    logger = lightning_logger(cfg.logger, run_dir, info, cfg.wandb_project, cfg.name, cfg.resume,
                               rank=pl.utilities.rank_zero_only.rank)
     throughput = Throughput()
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, monitor=None,
@@ -246,8 +246,6 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     )
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "run.json", info)
-    if logger:
-        logger.log_hyperparams({"run": info})
     start = time.perf_counter()
     ckpt_path = str(last) if cfg.resume and last.is_file() else None
     try:
@@ -260,6 +258,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {where}. Lower optim.lr or enable trainer.grad_clip, "
                         "then rerun (resume: true continues from the checkpoint).") from None
+    finally:
+        finish_lightning_logger(logger)
     metrics = module.val_summary  # None where undefined: null in summary.json
     summary = {"name": cfg.name, "steps": trainer.global_step, "start_step": module.start_step,
                "resumed_from": ckpt_path,

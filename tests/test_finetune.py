@@ -301,6 +301,13 @@ def test_wandb_offline_logs_metrics_and_sample_table(shapes_dataset, tmp_path, m
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1 and (offline[0] / f"run-{run_id}.wandb").stat().st_size > 0
     assert list(offline[0].rglob("samples_*.table.json"))  # frames with their top goals
+    record = (offline[0] / f"run-{run_id}.wandb").read_bytes()  # offline, the config is in the run's record
+    assert b"versions" in record and b"commit" in record  # the W&B config is the run's provenance (run.json)
+    # a resumed run logs to the same W&B run id
+    finetune(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=3)))
+    assert (run / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
 
 
 def test_sigmoid_loss_option_trains_its_scale_and_bias():

@@ -49,7 +49,7 @@ def test_a_rerun_after_an_abort_does_not_duplicate_rows(tmp_path):
 
 def test_logger_none_writes_nothing_and_unknown_loggers_are_named(tmp_path):
     StepLog("none", tmp_path, {}, "vlmr", "run", "rl").log({"charts/SPS": 1.0}, step=1)
-    assert not (tmp_path / "metrics.csv").exists() and lightning_logger("none", tmp_path, "vlmr", "x", True) is False
+    assert not (tmp_path / "metrics.csv").exists() and lightning_logger("none", tmp_path, {}, "vlmr", "x", True) is False
     with pytest.raises(VlmrError, match="logger 'tensorboard' is not one of wandb, csv, none"):
         StepLog("tensorboard", tmp_path, {}, "vlmr", "run", "rl")
 
@@ -57,12 +57,12 @@ def test_logger_none_writes_nothing_and_unknown_loggers_are_named(tmp_path):
 def test_wandb_logger_is_offline_by_default_and_a_resume_keeps_its_run_id(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "unset")  # recorded, so the test leaves the variable as it found it
     monkeypatch.delenv("WANDB_MODE")
-    first = lightning_logger("wandb", tmp_path, "vlmr", "run", resume=True)
+    first = lightning_logger("wandb", tmp_path, {"seed": 0}, "vlmr", "run", resume=True)
     assert os.environ["WANDB_MODE"] == "offline"
     run_id = (tmp_path / "wandb_id.txt").read_text().strip()
     assert first.version == run_id
-    assert lightning_logger("wandb", tmp_path, "vlmr", "run", resume=True).version == run_id
-    fresh = lightning_logger("wandb", tmp_path, "vlmr", "run", resume=False)  # resume=false: a new W&B run
+    assert lightning_logger("wandb", tmp_path, {"seed": 0}, "vlmr", "run", resume=True).version == run_id
+    fresh = lightning_logger("wandb", tmp_path, {"seed": 0}, "vlmr", "run", resume=False)  # resume=false: a new W&B run
     assert fresh.version != run_id and (tmp_path / "wandb_id.txt").read_text().strip() == fresh.version
     monkeypatch.setenv("WANDB_MODE", "online")
     tracking.wandb_offline_by_default()

@@ -1,6 +1,6 @@
 """Experiment tracking for every stage, one module: logger = wandb | csv | none.
 
-    lightning_logger("csv", run_dir, "vlmr", name, resume=True)       # finetune: a Lightning logger (or False)
+    lightning_logger("csv", run_dir, run_info, "vlmr", name, resume=True)  # finetune: a Lightning logger (or False)
     log = StepLog("csv", out_dir, run_info, "vlmr", name, "rl")      # PPO: one row per update
     log.log({"charts/SPS": 900, "losses/approx_kl": 0.01}, step=512); log.close()
     log_results("csv", out_dir, scalars, run_info, table=(cols, rows))  # calibrate/evaluate: one summary
@@ -56,16 +56,19 @@ def flatten(prefix: str, d: dict | None) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ training loops
-def lightning_logger(kind: str, run_dir: Path, project: str, name: str, resume: bool, rank: int = 0):
-    """The Lightning logger for a finetune run (False for none). A resumed W&B run continues the same run id,
-    kept in run_dir/wandb_id.txt; rank 0 writes it (the other DDP ranks do not log)."""
+def lightning_logger(kind: str, run_dir: Path, run_info: dict, project: str, name: str, resume: bool, rank: int = 0):
+    """The Lightning logger for a finetune run (False for none), with the run's provenance as its config
+    (csv: hparams.yaml). A resumed W&B run continues the same run id, kept in run_dir/wandb_id.txt;
+    rank 0 writes it (the other DDP ranks do not log)."""
     check_logger(kind)
     if kind == "none":
         return False
     if kind == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(run_dir), name="csv")
+        logger = CSVLogger(save_dir=str(run_dir), name="csv")
+        logger.log_hyperparams({"run": run_info})
+        return logger
     from pytorch_lightning.loggers import WandbLogger
 
     wandb_offline_by_default()
@@ -77,7 +80,17 @@ def lightning_logger(kind: str, run_dir: Path, project: str, name: str, resume: 
         run_id = secrets.token_hex(4)  # W&B run ids are short lowercase alphanumerics
         if rank == 0:
             atomic_write_text(id_file, run_id)
-    return WandbLogger(project=project, name=name, save_dir=str(run_dir), id=run_id, resume="allow")
+    return WandbLogger(project=project, name=name, save_dir=str(run_dir), id=run_id, resume="allow", config=run_info,
+                       job_type="finetune")
+
+
+def finish_lightning_logger(logger) -> None:
+    """End a finetune's W&B run: Lightning's WandbLogger would otherwise hand the still-open run to the next
+    finetune in this process (a pipeline), which would log into it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()  # a no-op stand-in on DDP ranks other than 0
 
 
 class StepLog:
