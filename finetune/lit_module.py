@@ -75,6 +75,9 @@ class OptimSection:
 class ClipFinetuneModule(pl.LightningModule):
     def __init__(self, goals: list[str], model: dict, lora: dict | None, loss: dict, optim: dict,
                  max_steps: int, sample_frames: int = 16):
+        """goals: the dataset's goal set; model, lora (None = full training), loss, optim: the config sections
+        as dicts, saved as hyperparameters so a checkpoint knows its settings; max_steps: the schedule's length;
+        sample_frames: val frames in the W&B sample table (0 = none)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = build_config(ModelSection, dict(model), "model section")

@@ -156,13 +156,19 @@ def test_reward_model_dir_errors(tmp_path):
         RewardModel.load(tmp_path)
 
 
-def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
+def lora_reward_model(base: RewardModel, tmp_path) -> RewardModel:
+    """base saved to tmp_path/base, and a reward model on that file with random (non-zero) LoRA weights."""
     from peft import LoraConfig, get_peft_model
 
-    tiny_reward_model.save(tmp_path / "base")
+    base.save(tmp_path / "base")
     rm = RewardModel.create("vlmr-tiny", GOALS, pretrained=str(tmp_path / "base" / "open_clip_model.safetensors"))
     rm.clip = get_peft_model(rm.clip, LoraConfig(r=4, target_modules=["c_fc", "c_proj"], init_lora_weights=False))
     rm.invalidate_text_cache()
+    return rm
+
+
+def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
+    rm = lora_reward_model(tiny_reward_model, tmp_path)
     f = frames(4, seed=4)
     before = rm.probs(f, [0, 1, 2, 0])
     rm.save(tmp_path / "adapted")
@@ -178,12 +184,7 @@ def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
 def test_full_weights_save_round_trips_a_lora_model(tiny_reward_model, tmp_path):
     """save(full_weights=True) merges LoRA into the CLIP: the dir has reward_model.json and
     open_clip_model.safetensors (README's table), no adapter files, and loads to the same P(g|o)."""
-    from peft import LoraConfig, get_peft_model
-
-    tiny_reward_model.save(tmp_path / "base")
-    rm = RewardModel.create("vlmr-tiny", GOALS, pretrained=str(tmp_path / "base" / "open_clip_model.safetensors"))
-    rm.clip = get_peft_model(rm.clip, LoraConfig(r=4, target_modules=["c_fc", "c_proj"], init_lora_weights=False))
-    rm.invalidate_text_cache()
+    rm = lora_reward_model(tiny_reward_model, tmp_path)
     f = frames(4, seed=5)
     before = rm.all_probs(f)
     rm.save(tmp_path / "full", full_weights=True)
