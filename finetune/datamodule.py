@@ -87,13 +87,10 @@ class ShardDataModule(pl.LightningDataModule):
         """Bad shards/samples skipped in this process (dataloader workers count their own)."""
         return self.counter.skipped
 
-    def split_size(self, split: str) -> int:
-        return int(self.manifest["splits"].get(split, {}).get("samples", 0))
-
-    def dataset(self, split: str, train: bool | None = None):
+    def dataset(self, split: str):
         import webdataset as wds
 
-        train = (split == "train") if train is None else train
+        train = split == "train"
         urls = [str(p) for p in split_shards(self.data_dir, split, self.manifest)]
         ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, nodesplitter=wds.split_by_node,
                             workersplitter=wds.split_by_worker, handler=self.counter, empty_check=False,
@@ -114,6 +111,3 @@ class ShardDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")

@@ -2,15 +2,12 @@
 
     module = ClipFinetuneModule(goals, model={"arch": "vlmr-tiny"}, lora={"r": 8}, loss={}, optim={}, max_steps=100)
     trainer.fit(module, datamodule)           # vlmr.finetune.train does this from a YAML config
-    rm = module.to_reward_model()             # a vlmr.finetune.reward_model.RewardModel; rm.save(dir)
+    rm = to_reward_model(module)              # vlmr.finetune.export; rm.save(dir)
 
-One shared step serves train and val. The losses (vlmr.finetune.losses) are weighted by
-the `loss` section: multi-positive CLIP contrastive, BCE of P(g|o) (exactly what the
-reward uses), SigLIP-style sigmoid. Validation reports per-goal AUROC/AP of P(g|o),
-their means, own-goal AUROC and retrieval accuracy. LoRA targets are regexes over
-open_clip's module names; peft >= 0.14 adapts `nn.MultiheadAttention` itself (its
-in_proj and out_proj; targeting `out_proj` alone would be silently ignored, because
-MultiheadAttention never calls out_proj.forward).
+Thin on purpose: one shared step serves train and val. The losses (vlmr.finetune.losses)
+are weighted by the `loss` section: multi-positive CLIP contrastive, BCE of P(g|o)
+(exactly what the reward uses), SigLIP-style sigmoid. LoRA setup is vlmr.finetune.lora,
+the validation scores vlmr.finetune.validation, the export vlmr.finetune.export.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+from vlmr.finetune.lora import TEXT_PREFIXES, LoraSection, apply_lora, freeze_text_tower
 from vlmr.finetune.losses import (
     MIN_TEMPERATURE,
     GoalClassificationLoss,
@@ -33,16 +29,12 @@ from vlmr.finetune.losses import (
 from vlmr.finetune.models import create_clip, image_preprocess_cfg
 from vlmr.finetune.preprocess import preprocess_frames
 from vlmr.finetune.reward_math import all_goal_log_probs, normalize
-from vlmr.finetune.reward_model import RewardModel, candidate_prompts, encode_candidates, make_spec
+from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
+from vlmr.finetune.validation import SUMMARY_KEYS, GoalScores, sample_rows
 
 from vlmr.core.config import build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import sha256_file
-
-VISION_BLOCKS = r"visual\.transformer\.resblocks\.\d+"
-TEXT_BLOCKS = r"transformer\.resblocks\.\d+"  # matched in full, so it never matches visual.transformer...
-TEXT_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
-                 "text.")
 
 
 @config_dataclass
@@ -56,21 +48,6 @@ class ModelSection:
     init_temperature: float | None = None  # tau of P(g|o) at the start; null = 1 / exp(the base's logit_scale)
     freeze_text: bool = False  # keep the text tower fixed (overrides lora.text_*)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
-
-
-@config_dataclass
-class LoraSection:
-    r: int = 8  # LoRA rank
-    alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
-    dropout: float = 0.0  # dropout on the LoRA input of Linear targets (attention LoRA merges, so none there)
-    vision_attention: bool = True  # adapt the vision tower's attention (in_proj + out_proj)
-    vision_mlp: bool = True  # adapt the vision tower's MLPs (c_fc, c_proj)
-    text_attention: bool = True  # adapt the text tower's attention
-    text_mlp: bool = True  # adapt the text tower's MLPs
-
-    def __post_init__(self):
-        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError("need r >= 1, alpha > 0 and 0 <= dropout < 1")
 
 
 @config_dataclass
@@ -95,84 +72,12 @@ class OptimSection:
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (CLIP's)
 
 
-def lora_target_regex(cfg: LoraSection, freeze_text: bool) -> str:
-    """A peft `target_modules` regex (matched in full against module names) for the chosen towers and parts."""
-    parts = []
-    for blocks, attn, mlp in ((VISION_BLOCKS, cfg.vision_attention, cfg.vision_mlp),
-                              (TEXT_BLOCKS, cfg.text_attention and not freeze_text, cfg.text_mlp and not freeze_text)):
-        names = (["attn"] if attn else []) + (["mlp\\.c_fc", "mlp\\.c_proj"] if mlp else [])
-        if names:
-            parts.append(f"{blocks}\\.({'|'.join(names)})")
-    if not parts:
-        raise VlmrError("lora: no target modules selected; enable at least one of vision_attention, vision_mlp, "
-                        "text_attention, text_mlp (text ones need model.freeze_text: false)")
-    return "|".join(f"({p})" for p in parts)
-
-
-def apply_lora(clip, cfg: LoraSection, freeze_text: bool, arch: str):
-    from peft import LoraConfig, get_peft_model
-
-    target = lora_target_regex(cfg, freeze_text)
-    lora_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, bias="none")
-    try:
-        return get_peft_model(clip, lora_cfg)
-    except ValueError as e:
-        raise VlmrError(f"LoRA targets {target!r} match no module of {arch} ({str(e)[:200]}); vlmr's targets fit "
-                        "open_clip ViT towers (visual.transformer.resblocks.N.attn / .mlp)") from None
-
-
-class GoalScores(Metric):
-    """Collects P(g|o), labels and own-goal ids over the val set (synced across DDP ranks) and scores them."""
-
-    full_state_update = False
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
-        self.add_state("labels", default=[], dist_reduce_fx="cat")
-        self.add_state("own", default=[], dist_reduce_fx="cat")
-
-    def update(self, probs, labels, own):
-        self.probs.append(probs.float())
-        self.labels.append(labels.float())
-        self.own.append(own.long())
-
-    def compute(self) -> dict:
-        if isinstance(self.probs, list) and not self.probs:
-            return {}  # no val batches on this process
-        return goal_metrics(*(torch.cat(s) if isinstance(s, list) else s for s in (self.probs, self.labels, self.own)))
-
-
-def goal_metrics(probs: torch.Tensor, labels: torch.Tensor, own: torch.Tensor) -> dict:
-    """Per-goal AUROC and AP of P(g|o) (goals with both classes only), their means, own-goal AUROC, retrieval."""
-    labels_int = (labels > 0.5).long()
-    out: dict = {"auroc": {}, "ap": {}}
-    for g in range(labels.shape[1]):
-        n_pos = int(labels_int[:, g].sum())
-        if 0 < n_pos < len(labels_int):
-            out["auroc"][g] = float(binary_auroc(probs[:, g], labels_int[:, g]))
-            out["ap"][g] = float(binary_average_precision(probs[:, g], labels_int[:, g]))
-    nan = float("nan")
-    out["auroc_mean"] = sum(out["auroc"].values()) / len(out["auroc"]) if out["auroc"] else nan
-    out["ap_mean"] = sum(out["ap"].values()) / len(out["ap"]) if out["ap"] else nan
-    has_pos = labels_int.sum(1) > 0
-    top = probs.argmax(1)
-    hit = labels_int.gather(1, top.unsqueeze(1)).squeeze(1)
-    out["retrieval_top1"] = float(hit[has_pos].float().mean()) if has_pos.any() else nan
-    mine = own >= 0
-    out["own_goal_auroc"] = nan
-    if mine.any():
-        idx = own[mine]
-        score, target = probs[mine].gather(1, idx[:, None])[:, 0], labels_int[mine].gather(1, idx[:, None])[:, 0]
-        if 0 < int(target.sum()) < len(target):
-            out["own_goal_auroc"] = float(binary_auroc(score, target))
-    out["frames"] = len(labels)
-    return out
-
-
 class ClipFinetuneModule(pl.LightningModule):
     def __init__(self, goals: list[str], model: dict, lora: dict | None, loss: dict, optim: dict,
                  max_steps: int, sample_frames: int = 16):
+        """goals: the dataset's goal set; model, lora (None = full training), loss, optim: the config sections
+        as dicts, saved as hyperparameters so a checkpoint knows its settings; max_steps: the schedule's length;
+        sample_frames: val frames in the W&B sample table (0 = none)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = build_config(ModelSection, dict(model), "model section")
@@ -196,11 +101,8 @@ class ClipFinetuneModule(pl.LightningModule):
         if self.lora_cfg is not None:
             clip = apply_lora(clip, self.lora_cfg, mc.freeze_text, mc.arch)
         elif mc.freeze_text:
-            for name, p in clip.named_parameters():
-                if name.startswith(TEXT_PREFIXES):
-                    p.requires_grad_(False)
+            freeze_text_tower(clip)
         self.clip = clip.train()  # create_clip returns eval mode; LoRA dropout needs train mode
-        # LoRA weights live under their target's name, so text ones also start with a text prefix
         self.text_trainable = any(p.requires_grad for n, p in self.base_clip.named_parameters()
                                   if n.startswith(TEXT_PREFIXES))
         self.contrastive_loss = MultiPositiveClipLoss()
@@ -212,7 +114,8 @@ class ClipFinetuneModule(pl.LightningModule):
         self.sigmoid_loss = SigmoidLoss() if self.loss_cfg.sigmoid > 0 else None
         self.val_scores = GoalScores()
         self._frozen_text_cache: torch.Tensor | None = None
-        self._samples: list = []
+        self._samples: tuple = ()  # (frames, probs, labels) of the first val batch, for the W&B sample table
+        self.val_summary: dict = {}  # the headline val/ numbers of the last validation, None where undefined
         self.val_step_seen = -1  # global step of the last finished validation
         self.start_step = 0  # global step at which this fit started (> 0 when resumed)
 
@@ -309,18 +212,21 @@ class ClipFinetuneModule(pl.LightningModule):
         self.val_scores.update(probs, labels, batch["own_goal"].to(self.device))
         if batch_idx == 0 and self.hparams.sample_frames:
             n = self.hparams.sample_frames
-            self._samples = [(f, p, y) for f, p, y in zip(batch["frames"][:n], probs[:n].cpu(), labels[:n].cpu())]
+            self._samples = (batch["frames"][:n], probs[:n].cpu(), labels[:n].cpu())
 
     def on_validation_epoch_end(self):
         scores = self.val_scores.compute()
         self.val_scores.reset()
         if not scores:
             return
-        metrics = {f"val/{k}": scores[k] for k in ("auroc_mean", "ap_mean", "retrieval_top1", "own_goal_auroc")}
+        self.val_summary = {f"val/{k}": scores[k] for k in SUMMARY_KEYS}
+        metrics = dict(self.val_summary)
         for kind in ("auroc", "ap"):
             metrics.update({f"val/{kind}/{self.goals[g]}": v for g, v in scores[kind].items()})
-        # torchmetrics already gathered every rank's predictions, so the values agree on all ranks
-        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+        # Lightning logs numbers only: an undefined metric (None, e.g. own-goal AUROC without missions) is left
+        # out of the logged keys; summary.json keeps it as null through val_summary. torchmetrics already
+        # gathered every rank's predictions, so the values agree on all ranks.
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items() if v is not None})
         self.log_sample_table()
         self.val_step_seen = self.global_step
 
@@ -332,12 +238,7 @@ class ClipFinetuneModule(pl.LightningModule):
             return
         import wandb
 
-        rows = []
-        for frame, probs, labels in self._samples:
-            top = probs.topk(min(3, len(self.goals)))
-            top_goals = "; ".join(f"{self.goals[i]} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
-            truth = "; ".join(g for g, y in zip(self.goals, labels.tolist()) if y > 0.5)
-            rows.append([wandb.Image(torch.as_tensor(frame).cpu().numpy()), top_goals, truth])
+        rows = [[wandb.Image(frame), top, truth] for frame, top, truth in sample_rows(*self._samples, self.goals)]
         loggers[0].log_table("val/samples", columns=["frame", "top goals P(g|o)", "true goals"], data=rows,
                              step=self.global_step)
 
@@ -393,38 +294,6 @@ class ClipFinetuneModule(pl.LightningModule):
             state = self.state_dict()
             frozen = self._frozen_keys()
             checkpoint["state_dict"] = {**{k: v for k, v in state.items() if k in frozen}, **checkpoint["state_dict"]}
-
-    # ------------------------------------------------------------ export
-    @torch.no_grad()
-    def restore_base_weights(self) -> None:
-        """Reset the frozen base to its checkpoint exactly.
-
-        peft adapts nn.MultiheadAttention by adding the LoRA delta to the frozen weight before each forward and
-        subtracting it after, so float rounding lets the base drift by ~1e-6 over a run. The adapter is saved
-        against the checkpoint file, so the module is made equal to what a later load will see.
-        """
-        if self.lora_cfg is None or not self.model_cfg.pretrained:
-            return
-        fresh, _ = create_clip(self.model_cfg.arch, str(self.pretrained_path or self.model_cfg.pretrained))
-        state = fresh.state_dict()
-        for name, p in self.base_clip.named_parameters():
-            key = name.replace(".base_layer", "")
-            if not p.requires_grad and key in state:
-                p.copy_(state[key])
-
-    def to_reward_model(self, with_adapter: bool = True) -> RewardModel:
-        """The trained model as a RewardModel (shares weights with this module); its tau is the trained one.
-
-        with_adapter=False (a zero-shot export of an untrained LoRA run) removes the LoRA layers, so the saved
-        directory has no adapter files, as docs/DESIGN.md defines a zero-shot reward model.
-        """
-        self.restore_base_weights()
-        clip = self.clip
-        if self.lora_cfg is not None and not with_adapter:
-            clip = self.clip.unload()
-        spec = dataclasses.replace(self.spec, temperature=float(self.reward_temperature().detach()))
-        rm = RewardModel(clip, self.tokenizer, spec, self.pretrained_path, device=self.device)
-        return rm.eval()
 
 
 class NonFiniteLossError(RuntimeError):

@@ -16,9 +16,7 @@ checkpoints/last.ckpt (resume: true) and continues the step count.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -27,20 +25,22 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from vlmr.finetune.export import to_reward_model
 from vlmr.finetune.lit_module import (
     ClipFinetuneModule,
-    LoraSection,
     LossSection,
     ModelSection,
     NonFiniteLossError,
     OptimSection,
 )
+from vlmr.finetune.lora import LoraSection
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text
+from vlmr.core.files import atomic_write_json
 from vlmr.core.provenance import run_info
 from vlmr.core.reporting import fmt
+from vlmr.core.tracking import finish_lightning_logger, lightning_logger
 
 BASE_INIT_FILE = "base_init.safetensors"
 
@@ -126,8 +126,8 @@ class Throughput(pl.Callback):
         self._last = None
 
     @property
-    def rate(self) -> float:
-        return self.images / self.seconds if self.seconds else float("nan")
+    def rate(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None  # None: no training step was timed
 
 
 def resolve_precision(cfg: TrainerSection) -> str:
@@ -137,23 +137,35 @@ def resolve_precision(cfg: TrainerSection) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
-def make_logger(cfg: FinetuneConfig, run_dir: Path):
-    if cfg.logger == "none":
-        return False
-    if cfg.logger == "csv":
-        from pytorch_lightning.loggers import CSVLogger
+def world_size(devices: int | str | list[int], num_nodes: int, devices_per_node: int) -> int:
+    """The number of training processes Lightning starts: num_nodes x the devices used on each node.
 
-        return CSVLogger(save_dir=str(run_dir), name="csv")
-    from pytorch_lightning.loggers import WandbLogger
+    devices as the Trainer takes it: an int (-1 = all), a list of device ids, or a string ("auto", "-1",
+    "2", "0,1"); devices_per_node is what "auto" and -1 mean, the accelerator's device count on a node.
+    """
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return devices_per_node * num_nodes
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()]) * num_nodes
+        try:
+            devices = int(text)
+        except ValueError:
+            raise VlmrError(f"trainer.devices={devices!r} is not a device count, a list of ids or 'auto'") from None
+    if isinstance(devices, list):
+        return len(devices) * num_nodes
+    return (devices_per_node if devices == -1 else devices) * num_nodes
 
-    os.environ.setdefault("WANDB_MODE", "offline")  # online only when the user asks for it
-    id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
-    run_id = id_file.read_text().strip() if id_file.is_file() and cfg.resume else ""
-    if not run_id:
-        run_id = secrets.token_hex(4)  # W&B run ids are short lowercase alphanumerics
-        if pl.utilities.rank_zero_only.rank == 0:
-            atomic_write_text(id_file, run_id)
-    return WandbLogger(project=cfg.wandb_project, name=cfg.name, save_dir=str(run_dir), id=run_id, resume="allow")
+
+def accelerator_devices(accelerator: str) -> int:
+    """Devices of one node that Lightning's "auto" uses: every CUDA device for gpu/cuda/auto when there are any,
+    else one (a CPU run is one process unless devices asks for more)."""
+    from pytorch_lightning.accelerators import CUDAAccelerator
+
+    if accelerator in ("auto", "gpu", "cuda") and CUDAAccelerator.is_available():
+        return CUDAAccelerator.auto_device_count()
+    return 1
 
 
 def ddp_batch_limit(dm, split: str, world: int, batch_size: int) -> int:
@@ -184,11 +196,6 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
     return dataclasses.replace(model, pretrained=str(path))
 
 
-def json_safe(obj):
-    """NaN (a metric with no data, e.g. own-goal AUROC on a corpus without missions) -> null."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
 def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
@@ -217,12 +224,13 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                                 loss=dataclasses.asdict(cfg.loss), optim=dataclasses.asdict(cfg.optim),
                                 max_steps=tc.max_steps)
     info = run_info(config_to_dict(cfg), cfg.seed)
-    logger = make_logger(cfg, run_dir)
+    logger = lightning_logger(cfg.logger, run_dir, info, cfg.wandb_project, cfg.name, cfg.resume,
+                              rank=pl.utilities.rank_zero_only.rank)
     throughput = Throughput()
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, monitor=None,
                                  every_n_train_steps=tc.checkpoint_every_n_steps, enable_version_counter=False)
     callbacks = [checkpoint, throughput] + ([LearningRateMonitor("step")] if logger else [])
-    world = (tc.devices if isinstance(tc.devices, int) else 1) * tc.num_nodes
+    world = world_size(tc.devices, tc.num_nodes, accelerator_devices(tc.accelerator))
     trainer = pl.Trainer(
         max_steps=tc.max_steps if tc.max_steps > 0 else -1, max_epochs=-1,
         max_time={"minutes": tc.max_minutes} if tc.max_minutes else None,
@@ -237,8 +245,6 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     )
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "run.json", info)
-    if logger:
-        logger.log_hyperparams({"run": info})
     start = time.perf_counter()
     ckpt_path = str(last) if cfg.resume and last.is_file() else None
     try:
@@ -251,7 +257,9 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {where}. Lower optim.lr or enable trainer.grad_clip, "
                         "then rerun (resume: true continues from the checkpoint).") from None
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k.count("/") == 1}
+    finally:
+        finish_lightning_logger(logger)
+    metrics = module.val_summary  # None where undefined: null in summary.json
     summary = {"name": cfg.name, "steps": trainer.global_step, "start_step": module.start_step,
                "resumed_from": ckpt_path,
                "train_seconds": round(time.perf_counter() - start, 2), "images_per_s": throughput.rate,
@@ -262,14 +270,13 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "reward_model": str(run_dir / "reward_model")}
     if trainer.is_global_zero:
         module.cpu()
-        rm = module.to_reward_model(with_adapter=trainer.global_step > 0)
+        rm = to_reward_model(module, with_adapter=trainer.global_step > 0)
         rm.save(run_dir / "reward_model", full_weights=cfg.lora is None)
         if cfg.save_merged and cfg.lora is not None and trainer.global_step > 0:
             rm.save(run_dir / "reward_model_merged", full_weights=True)
             summary["reward_model_merged"] = str(run_dir / "reward_model_merged")
-        summary = json_safe(summary)
         atomic_write_json(run_dir / "summary.json", summary)
-        print(f"finetune {cfg.name}: {summary['steps']} steps, {throughput.rate:.1f} img/s; val mean AUROC "
+        print(f"finetune {cfg.name}: {summary['steps']} steps, {fmt(throughput.rate, 1)} img/s; val mean AUROC "
               f"{fmt(metrics.get('val/auroc_mean'))}, own-goal AUROC {fmt(metrics.get('val/own_goal_auroc'))}, "
               f"retrieval top-1 {fmt(metrics.get('val/retrieval_top1'))}; reward model -> {summary['reward_model']}")
     return summary

@@ -17,10 +17,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from vlmr.finetune.datamodule import ShardDataModule
-from vlmr.finetune.lit_module import ClipFinetuneModule, lora_target_regex
+from vlmr.finetune.export import to_reward_model
+from vlmr.finetune.lit_module import ClipFinetuneModule
+from vlmr.finetune.lora import LoraSection, lora_target_regex
 from vlmr.finetune.models import create_clip
 from vlmr.finetune.reward_model import RewardModel
-from vlmr.finetune.train import FinetuneConfig, finetune
+from vlmr.finetune.train import FinetuneConfig, finetune, world_size
+from vlmr.finetune.validation import goal_metrics
 
 from vlmr.core.config import build_config, load_config
 from vlmr.core.errors import VlmrError
@@ -78,13 +81,7 @@ def test_lora_targets_follow_the_config(tmp_path):
     assert all(not p.requires_grad for n, p in m.clip.named_parameters() if n.startswith(("transformer.", "token_")))
     assert all(p.requires_grad for n, p in m.clip.named_parameters() if n.startswith("visual."))
     with pytest.raises(VlmrError, match="no target modules"):
-        lora_target_regex(dataclasses.replace(m.lora_cfg or _lora(), vision_attention=False, vision_mlp=False), True)
-
-
-def _lora():
-    from vlmr.finetune.lit_module import LoraSection
-
-    return LoraSection()
+        lora_target_regex(LoraSection(vision_attention=False, vision_mlp=False), True)
 
 
 def test_training_lowers_loss_and_adapter_round_trips(shapes_dataset, tmp_path):
@@ -112,7 +109,7 @@ def test_training_lowers_loss_and_adapter_round_trips(shapes_dataset, tmp_path):
     after = loss_on_batch()
     assert after < before - 0.1, (before, after)
 
-    rm = module.to_reward_model()
+    rm = to_reward_model(module)
     rm.save(tmp_path / "rm")
     assert (tmp_path / "rm" / "adapter_model.safetensors").is_file()
     fresh, tokenizer = create_clip("vlmr-tiny", base)
@@ -247,34 +244,51 @@ def test_bad_inputs_give_clear_errors(shapes_dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate_and_run_with_heavy_parts_mocked(path, shapes_dataset, tmp_path, monkeypatch):
-    """Each config loads, builds its module and Trainer; the CLIP is vlmr-tiny and fit/validate are no-ops."""
-    import vlmr.finetune.lit_module as lit
-
-    created, calls = [], {}
-    real_create = lit.create_clip
-
-    def tiny_clip(arch, pretrained=None, device="cpu"):
-        created.append((arch, pretrained))
-        return real_create("vlmr-tiny", None, device)
-
-    monkeypatch.setattr(lit, "create_clip", tiny_clip)
-    monkeypatch.setattr(pl.Trainer, "fit", lambda self, module, **kw: calls.setdefault("fit", (self, module, kw)))
-    monkeypatch.setattr(pl.Trainer, "validate", lambda self, module, **kw: calls.setdefault("validate", kw))
-    monkeypatch.setattr(pl.Trainer, "save_checkpoint", lambda self, *a, **kw: None)
-    cfg = load_config(FinetuneConfig, path, [f"data.dir={shapes_dataset}", f"output_dir={tmp_path}", "logger=none"])
+def test_shipped_configs_run_one_real_step(path, shapes_dataset, tmp_path):
+    """Each shipped config, shrunk to vlmr-tiny on random init and the shapes data, trains one step, validates
+    and exports a reward model that loads; its own sizes and base references are checked on the raw file."""
+    small = [f"data.dir={shapes_dataset}", f"output_dir={tmp_path}", "logger=none", "model.arch=vlmr-tiny",
+             "model.pretrained=null", "data.batch_size=8", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+             "trainer.progress_bar=false"]
     raw = load_config(FinetuneConfig, path)
-    summary = finetune(cfg, progress=False)
-    trainer, module, _ = calls["fit"]
-    assert trainer.max_steps == raw.trainer.max_steps > 0 and trainer.precision == "32-true"
-    assert created[0] == (raw.model.arch, raw.model.pretrained)
-    assert (module.lora_cfg is None) == (raw.lora is None)
-    assert summary["mode"] == ("full" if raw.lora is None else "lora")
-    assert (tmp_path / raw.name / "reward_model" / "reward_model.json").is_file()
+    summary = finetune(load_config(FinetuneConfig, path, small))
+    assert summary["steps"] == 1 and summary["mode"] == ("full" if raw.lora is None else "lora")
+    assert summary["val"]["val/auroc_mean"] is not None
+    rm = RewardModel.load(tmp_path / raw.name / "reward_model")
+    assert rm.spec.negatives == raw.model.negatives and rm.spec.templates == raw.model.templates
+    assert raw.trainer.max_steps > 0
     if raw.lora is not None:  # LoRA configs adapt the base that base_shapes_full.yaml writes
         base = load_config(FinetuneConfig, CONFIG_DIR / "base_shapes_full.yaml")
         assert raw.model.pretrained == f"{base.output_dir}/{base.name}/reward_model/open_clip_model.safetensors"
         assert raw.data.dir != base.data.dir
+
+
+@pytest.mark.parametrize("devices, num_nodes, per_node, expected", [
+    ([0, 1], 1, 8, 2), (2, 1, 8, 2), ("auto", 1, 1, 1), ("auto", 2, 1, 2), ("auto", 1, 4, 4), ([0, 1], 2, 8, 4),
+    (-1, 1, 4, 4), ("-1", 2, 4, 8), ("0,1,2", 1, 8, 3), ("3", 2, 8, 6)])
+def test_world_size_counts_every_process(devices, num_nodes, per_node, expected):
+    """"auto" and -1 mean every device of the accelerator on each node (1 on CPU); a list counts its ids."""
+    assert world_size(devices, num_nodes, per_node) == expected
+
+
+def test_world_size_rejects_an_unreadable_device_string():
+    with pytest.raises(VlmrError, match="trainer.devices='gpus'"):
+        world_size("gpus", 1, 1)
+
+
+def test_validation_scores_by_hand():
+    """Goal 0: scores rank both positives first (AUROC 1, AP 1); goal 1: one positive ranked 2nd of 4
+    (AUROC 2/3, AP 1/2); goal 2 has no positive: left out, so the means are over goals 0 and 1."""
+    probs = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.6, 0.1], [0.1, 0.7, 0.3], [0.2, 0.2, 0.4]])
+    labels = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
+    out = goal_metrics(probs, labels, own=torch.tensor([-1, -1, -1, -1]))
+    assert out["auroc"] == {0: 1.0, 1: pytest.approx(2 / 3, abs=1e-6)} and out["ap"] == {0: 1.0, 1: 0.5}
+    assert out["auroc_mean"] == pytest.approx(5 / 6, abs=1e-6) and out["ap_mean"] == 0.75
+    assert out["retrieval_top1"] == 1.0  # frames 0 and 1 have true goals, and their top goal (0) is true
+    assert out["own_goal_auroc"] is None  # no frame has a mission
+    # own goals: frame n scored for goal own[n] -> scores (0.9, 0.6, 0.7, 0.4) against labels (1, 1, 0, 0)
+    out = goal_metrics(probs, labels, own=torch.tensor([0, 1, 1, 2]))
+    assert out["own_goal_auroc"] == pytest.approx(0.75)
 
 
 def test_wandb_offline_logs_metrics_and_sample_table(shapes_dataset, tmp_path, monkeypatch):
@@ -287,6 +301,13 @@ def test_wandb_offline_logs_metrics_and_sample_table(shapes_dataset, tmp_path, m
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1 and (offline[0] / f"run-{run_id}.wandb").stat().st_size > 0
     assert list(offline[0].rglob("samples_*.table.json"))  # frames with their top goals
+    record = (offline[0] / f"run-{run_id}.wandb").read_bytes()  # offline, the config is in the run's record
+    assert b"versions" in record and b"commit" in record  # the W&B config is the run's provenance (run.json)
+    # a resumed run logs to the same W&B run id
+    finetune(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=3)))
+    assert (run / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
 
 
 def test_sigmoid_loss_option_trains_its_scale_and_bias():

@@ -73,18 +73,19 @@ def test_goal_loss_is_bce_of_the_reward_probability():
     sims = torch.tensor([[0.3, 0.1, -0.2, 0.05], [0.0, 0.4, 0.1, 0.2]])  # 3 goals + 1 negative
     tau = torch.tensor(0.1)
     labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
-    total = 0.0
+    positive, negative = 0.0, 0.0  # the BCE's positive-label and negative-label terms, summed
     for n in range(2):
         z = [math.exp(s / 0.1) for s in sims[n].tolist()]
         for g in range(3):
             p = z[g] / sum(z)
             y = labels[n, g].item()
-            total += -(y * math.log(p) + (1 - y) * math.log(1 - p))
+            positive += -y * math.log(p)
+            negative += -(1 - y) * math.log(1 - p)
     got = goal_classification_loss(sims, tau, labels)
-    assert got.item() == pytest.approx(total / 6, rel=1e-5)
+    assert got.item() == pytest.approx((positive + negative) / 6, rel=1e-5)
     # pos_weight scales only the positive terms
     heavier = goal_classification_loss(sims, tau, labels, pos_weight=3.0)
-    assert heavier.item() > got.item()
+    assert heavier.item() == pytest.approx((3.0 * positive + negative) / 6, rel=1e-5)
 
 
 def test_log1mexp_is_stable_and_has_finite_gradients():

@@ -38,12 +38,24 @@ def test_reward_modes(tiny_reward_model):
         assert binary.tolist() == (p >= p.median()).float().tolist()
         rm.spec.reward_mode = "prob"
         assert torch.allclose(rm.reward(f, goals), p)
-        rm.spec.reward_mode = "goal_baseline"
-        r = rm.reward(f, goals)
-        assert r.shape == (5,) and torch.isfinite(r).all() and not torch.allclose(r, p)
+        # goal_baseline with alpha = 0 is vlmrm's unprojected reward: 1 - |x - g|^2 / 2 = cos(x, g) for unit vectors
+        rm.spec.reward_mode, rm.spec.alpha = "goal_baseline", 0.0
+        cosine = (rm.embed_images(f) * rm.text_embeddings()[torch.tensor(goals)]).sum(-1)
+        assert torch.allclose(rm.reward(f, goals), cosine, atol=1e-5)
     finally:
-        rm.spec.reward_mode = "binary"
+        rm.spec.reward_mode, rm.spec.alpha = "binary", 0.5
         rm.set_calibration([0.01] * 3, [0.5] * 3)
+
+
+@pytest.mark.parametrize("alpha, expected", [(0.0, 0.6), (0.5, 0.63), (1.0, 0.64)])
+def test_goal_baseline_projection_by_hand(alpha, expected):
+    """x = (0.6, 0.8), goal g = (1, 0), baseline b = (0, 1): the goal-baseline line has direction (1, -1)/sqrt 2.
+    x - g = (-0.4, 0.8); its part along the line is (-0.6, 0.6), so r = 1 - |alpha (-0.6, 0.6) + (1 - alpha)
+    (-0.4, 0.8)|^2 / 2: 1 - 0.8/2 (alpha 0, the cosine 0.6), 1 - 0.74/2 (alpha 0.5), 1 - 0.72/2 (alpha 1)."""
+    from vlmr.finetune.reward_math import goal_baseline_reward
+
+    r = goal_baseline_reward(torch.tensor([[0.6, 0.8]]), torch.tensor([[1.0, 0.0]]), torch.tensor([0.0, 1.0]), alpha)
+    assert r.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_text_embeddings_are_computed_once(tiny_reward_model, monkeypatch):
@@ -144,13 +156,19 @@ def test_reward_model_dir_errors(tmp_path):
         RewardModel.load(tmp_path)
 
 
-def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
+def lora_reward_model(base: RewardModel, tmp_path) -> RewardModel:
+    """base saved to tmp_path/base, and a reward model on that file with random (non-zero) LoRA weights."""
     from peft import LoraConfig, get_peft_model
 
-    tiny_reward_model.save(tmp_path / "base")
+    base.save(tmp_path / "base")
     rm = RewardModel.create("vlmr-tiny", GOALS, pretrained=str(tmp_path / "base" / "open_clip_model.safetensors"))
     rm.clip = get_peft_model(rm.clip, LoraConfig(r=4, target_modules=["c_fc", "c_proj"], init_lora_weights=False))
     rm.invalidate_text_cache()
+    return rm
+
+
+def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
+    rm = lora_reward_model(tiny_reward_model, tmp_path)
     f = frames(4, seed=4)
     before = rm.probs(f, [0, 1, 2, 0])
     rm.save(tmp_path / "adapted")
@@ -161,6 +179,21 @@ def test_lora_adapter_dir_round_trip(tiny_reward_model, tmp_path):
         assert torch.allclose(loaded.probs(f, [0, 1, 2, 0]), before, atol=1e-5)
         assert loaded.model_id == rm.model_id
     assert rm.model_id != RewardModel.load(tmp_path / "base").model_id
+
+
+def test_full_weights_save_round_trips_a_lora_model(tiny_reward_model, tmp_path):
+    """save(full_weights=True) merges LoRA into the CLIP: the dir has reward_model.json and
+    open_clip_model.safetensors (README's table), no adapter files, and loads to the same P(g|o)."""
+    rm = lora_reward_model(tiny_reward_model, tmp_path)
+    f = frames(4, seed=5)
+    before = rm.all_probs(f)
+    rm.save(tmp_path / "full", full_weights=True)
+    assert {p.name for p in (tmp_path / "full").iterdir()} == {"reward_model.json", "open_clip_model.safetensors"}
+    spec = json.loads((tmp_path / "full" / "reward_model.json").read_text())
+    assert spec["pretrained"] == "open_clip_model.safetensors"
+    loaded = RewardModel.load(tmp_path / "full")
+    assert torch.allclose(loaded.all_probs(f), before, atol=1e-5)
+    assert not torch.allclose(RewardModel.load(tmp_path / "base").all_probs(f), before, atol=1e-3)  # LoRA counted
 
 
 def test_reward_model_id_without_loading_weights(tiny_reward_model, tmp_path):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -45,9 +44,10 @@ from vlmr.rl.experiments.stats import nan_to_none
 
 from vlmr.core.config import config_dataclass, config_fingerprint, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text, sha256_text
+from vlmr.core.files import atomic_write_json, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
 from vlmr.core.reporting import fmt
+from vlmr.core.tracking import StepLog
 
 RESULT_VERSION = 1
 
@@ -158,34 +158,6 @@ def value_loss(new_value, old_value, returns, clip_coef: float, clip: bool = Tru
     return 0.5 * torch.max(unclipped, clipped).mean()
 
 
-class RunLogger:
-    """metrics.csv (rewritten atomically on each log; a run logs a few dozen rows) and optionally W&B."""
-
-    def __init__(self, out_dir: Path, kind: str, info: dict, project: str, name: str):
-        self.kind, self.path, self.rows, self.run = kind, out_dir / "metrics.csv", [], None
-        if kind == "wandb":
-            if not os.environ.get("WANDB_MODE"):  # offline unless the user chose otherwise
-                os.environ["WANDB_MODE"] = "offline"
-            import wandb
-
-            self.run = wandb.init(project=project, name=name, dir=str(out_dir), config=info, reinit="create_new")
-
-    def log(self, metrics: dict, step: int) -> None:
-        if self.kind == "none":
-            return
-        self.rows.append({"global_step": step, **metrics})
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        lines = [",".join(columns)] + [",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in columns)
-                                       for row in self.rows]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
-        if self.run is not None:
-            self.run.log(metrics, step=step)
-
-    def close(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-
-
 _REWARD_CACHES: dict[str, object] = {}  # frame caches shared by the runs of one process (compare's seeds)
 
 
@@ -255,7 +227,7 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     obs_shape = envs.single_observation_space.shape
     agent = Agent(obs_shape, cfg.obs_mode, table, len(action_ids), cfg.hidden).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    logger = RunLogger(out, cfg.logger, info, cfg.wandb_project, out.name)
+    logger = StepLog(cfg.logger, out, info, cfg.wandb_project, out.name, job_type="rl")
 
     T, N = cfg.num_steps, cfg.num_envs
     batch_size = T * N
