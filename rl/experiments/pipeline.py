@@ -22,7 +22,6 @@ and fingerprints; pipeline_stages.py: the stages; pipeline_report.py: report.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from vlmr.rl.experiments.pipeline_stages import (
 )
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, StopPipeline
 
-from vlmr.core.config import config_dataclass, load_config
+from vlmr.core.config import config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import sha256_file
 
@@ -113,12 +112,10 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlmr pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="pipeline YAML, or a shipped pipeline's name (babyai_demo, crafter, ...)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
-    parser.add_argument("--force", nargs="*", default=[], metavar="STAGE",
-                        help=f"stages to rerun even if up to date, of: {', '.join(STAGES)}")
-    parser.add_argument("--stop-after", metavar="STAGE", choices=STAGES, help="stop once this stage is done")
-    args = parser.parse_args(argv)
-    pipeline(load_config(PipelineConfig, args.config, args.overrides, kind="pipeline"), set(args.force), args.stop_after)
-    return 0
+    def extra(parser):
+        parser.add_argument("--force", nargs="*", default=[], metavar="STAGE",
+                            help=f"stages to rerun even if up to date, of: {', '.join(STAGES)}")
+        parser.add_argument("--stop-after", metavar="STAGE", choices=STAGES, help="stop once this stage is done")
+
+    return stage_main(argv, PipelineConfig, lambda cfg, force, stop_after: pipeline(cfg, set(force), stop_after),
+                      "vlmr pipeline", __doc__.split("\n\n")[0], extra, kind="pipeline")

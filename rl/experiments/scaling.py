@@ -15,13 +15,12 @@ for each arm, and final success when agents were trained.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlmr.core.config import config_dataclass, load_config
+from vlmr.core.config import config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, read_json
 from vlmr.core.reporting import fmt, pyplot, save_figure
@@ -166,10 +165,7 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlmr scaling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="scaling YAML, or a shipped one's name (scaling)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the scaling config")
-    parser.add_argument("--plot-only", action="store_true", help="only gather finished chains' results and plot")
-    args = parser.parse_args(argv)
-    scaling(load_config(ScalingConfig, args.config, args.overrides, kind="pipeline"), args.plot_only)
-    return 0
+    def extra(parser):
+        parser.add_argument("--plot-only", action="store_true", help="only gather finished chains' results and plot")
+
+    return stage_main(argv, ScalingConfig, scaling, "vlmr scaling", __doc__.split("\n\n")[0], extra, kind="pipeline")
