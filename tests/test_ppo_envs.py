@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
-from vlmr.rl.agent.vector_envs import MemoRender, make_base_env, make_vector_env, missions
-from vlmr.rl.envs.babyai import render_frame
+from vlmr.rl.agent.vector_envs import make_vector_env, missions
+from vlmr.rl.envs.babyai import MemoRender, make_env, render_frame
 
 
 @pytest.mark.parametrize("env_id", ["BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-OpenDoorColor-v0"])
 def test_memo_render_returns_exactly_the_fresh_frame(env_id):
     MemoRender.memo.clear()
     MemoRender.used_bytes = 0
-    env = make_base_env(env_id, image_size=64)
+    env = make_env(env_id, image_size=64, memo_render=True)
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     hits = 0
@@ -22,7 +22,7 @@ def test_memo_render_returns_exactly_the_fresh_frame(env_id):
         size = len(MemoRender.memo)
         frame = env.render()
         hits += len(MemoRender.memo) == size
-        np.testing.assert_array_equal(frame, render_frame(env.unwrapped, "egocentric", 64))
+        np.testing.assert_array_equal(frame, render_frame(env.unwrapped, 64))
     assert hits > 30  # the memo was actually used
 
 
