@@ -30,7 +30,7 @@ def test_every_family_implements_the_interface(name):
 def test_lookups_name_what_exists():
     with pytest.raises(VlmrError, match="sources are shapes, babyai, crafter"):
         family("gridworld")
-    with pytest.raises(VlmrError, match=r"unknown env_id 'Atari-Pong'.*babyai: BabyAI-, MiniGrid-\*.*crafter"):
+    with pytest.raises(VlmrError, match=r"unknown env_id 'Atari-Pong'.*babyai: BabyAI-\*, MiniGrid-\*; crafter: vlmr/Crafter\*"):
         env_family("Atari-Pong")
     with pytest.raises(VlmrError, match="shapes has no RL env"):
         family("shapes").make_env("shapes")

@@ -57,7 +57,7 @@ def env_family(env_id: str) -> ModuleType:
     for name, prefixes in owners.items():
         if env_id.startswith(tuple(prefixes)):
             return family(name)
-    known = "; ".join(f"{name}: {', '.join(p) + '*'}" for name, p in owners.items() if p)
+    known = "; ".join(f"{name}: {', '.join(x + '*' for x in p)}" for name, p in owners.items() if p)
     raise VlmrError(f"unknown env_id {env_id!r}: no environment family owns it ({known})")
 
 

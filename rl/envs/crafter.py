@@ -44,7 +44,7 @@ _ITEM_WORDS = {"wood_pickaxe": "wood pickaxe", "stone_pickaxe": "stone pickaxe",
 
 NAME = "crafter"
 ENV_ID = "vlmr/CrafterGoal-v0"
-ENV_ID_PREFIXES = (ENV_ID,)
+ENV_ID_PREFIXES = ("vlmr/Crafter",)
 DEFAULT_GOALS = ("collect wood",)  # reachable from a fresh world in tens of steps; longer chains need more PPO
 ENV_OPTIONS = ("goals", "max_steps", "area", "obs_size")  # CrafterGoalEnv's options (PPOConfig.env_kwargs)
 
