@@ -193,7 +193,29 @@ def test_progress_record_matches_manifest(tmp_path):
     assert rec["sha256"] == entry["sha256"] and rec["samples"] == entry["samples"] == 20
     shutil.rmtree(out / ".progress")  # readers never need it
     assert len(load_split_arrays(out, "train").keys) == 60
-    assert main  # the CLI entry exists
+
+
+def test_main_writes_the_dataset_its_arguments_describe(tmp_path, capsys):
+    from vlmr.rl.envs.shapes import goal_set
+
+    from vlmr.cli import main as vlmr
+
+    out = tmp_path / "cli"
+    args = ["--source", "shapes", f"out_dir={out}", "frames.train=30", "frames.val=10", "frames.test=10",
+            "shard_size=20", "seed=3"]
+    assert main([*args, "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["test-000000.tar", "train-000000.tar", "train-000001.tar",
+                                                        "val-000000.tar"]
+    m = read_manifest(out)
+    assert m["source"] == "shapes" and m["goals"] == goal_set() and m["config"]["seed"] == 3
+    assert [m["splits"][s]["samples"] for s in ("train", "val", "test")] == [30, 10, 10]
+    assert capsys.readouterr().out == ""  # --quiet
+    assert main([*args, "--resume"]) == 0  # nothing left to do, and the report says so
+    assert "0 new" in capsys.readouterr().out
+    with pytest.raises(VlmrError, match="looks like an override"):
+        main([f"out_dir={out}"])
+    assert vlmr(["collect", *args, "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a real SIGKILL of a `vlmr collect` process: ~10 s of process start-up and collection

@@ -11,7 +11,7 @@ from vlmr.core.errors import VlmrError
 
 @pytest.fixture
 def env():
-    e = ce.make_env(seed=0, image_size=63)  # 9 units of 7 px, no border: cells map to exact pixel blocks
+    e = ce.make_world(seed=0, image_size=63)  # 9 units of 7 px, no border: cells map to exact pixel blocks
     p = e._player
     p.facing = (1, 0)
     for dx in range(-5, 6):  # clear ground around the player so only scripted things are in view

@@ -28,7 +28,7 @@ def test_labels_match_drawn_objects_and_captions():
     for _ in range(50):
         frame, objects, captions = shapes.render_scene(rng, 64)
         assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
-        labels = shapes.label_objects(objects, shapes.goal_set())
+        labels = shapes.label_goals(objects, shapes.goal_set())
         assert sum(labels.values()) == len({(o["color"], o["shape"]) for o in objects})
         assert len(captions) >= 2 and len(set(captions)) == len(captions)
         main = objects[0]

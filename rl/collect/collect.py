@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from vlmr.rl.envs import family
 
 from vlmr.core.config import (
     build_config,
@@ -43,7 +44,6 @@ from vlmr.core.files import atomic_write_json, read_json, sha256_file
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
-SOURCES = ("shapes", "babyai", "crafter")
 PROGRESS_DIR = ".progress"
 
 
@@ -57,7 +57,7 @@ class SplitFrames:
 @config_dataclass
 class CollectConfig:
     name: str = "shapes"  # dataset name, recorded in the manifest
-    source: str = "shapes"  # shapes | babyai | crafter
+    source: str = "shapes"  # environment family that renders and labels the frames: shapes | babyai | crafter
     out_dir: str = "data/shapes"  # folder for {split}-NNNNNN.tar shards and manifest.json
     env_id: str = ""  # environment id for source=babyai (e.g. BabyAI-GoToLocal-v0); crafter ignores it
     env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
@@ -78,20 +78,8 @@ class CollectConfig:
 
 
 def make_source(cfg: CollectConfig):
-    if cfg.source == "shapes":
-        from vlmr.rl.envs.shapes import ShapesSource
-
-        return ShapesSource(cfg.image_size, cfg.shapes_max_objects, cfg.shapes_viewer_prob, cfg.goals)
-    if cfg.source == "babyai":
-        from vlmr.rl.envs.babyai import BabyAISource
-
-        return BabyAISource(cfg.env_id, cfg.view, cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise, cfg.linger,
-                            cfg.mission_in_goals, cfg.env_mix)
-    if cfg.source == "crafter":
-        from vlmr.rl.envs.crafter import CrafterSource
-
-        return CrafterSource(cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise)
-    raise VlmrError(f"unknown data source {cfg.source!r}; sources are {', '.join(SOURCES)}")
+    """The data source of the family named cfg.source (vlmr.rl.envs.FAMILIES)."""
+    return family(cfg.source).make_source(cfg)
 
 
 def validate(cfg: CollectConfig) -> None:

@@ -1,6 +1,6 @@
-"""BabyAI (minigrid) environments, frames, goal sets, ground-truth labellers and the collection source.
+"""The BabyAI family (BabyAI and other MiniGrid ids): envs, frames, goal sets, labels, the collection source.
 
-    env = make_env("BabyAI-GoToLocal-v0", view="egocentric", image_size=64, seed=0)
+    env = make_env("BabyAI-GoToLocal-v0", image_size=64)   # obs_mode="symbolic"/"pixels": PPO's policy view
     obs, _ = env.reset(seed=0)
     frame = env.render()                                   # uint8 64 x 64 x 3, the agent's point of view
     goals = goal_set("BabyAI-GoToLocal-v0")               # 18 x "go to the {color} {ball|box|key}"
@@ -13,6 +13,7 @@ carried object drawn in the agent's cell. "topdown" is the whole grid. Frames
 are rendered directly at the model's size by picking the tile size
 (image_size // cells) and padding the few leftover pixels with black, so no
 resize is needed (64 px: tile 9 -> 63 px + 1; 112 px: tile 16 exactly).
+Other MiniGrid ids (MiniGrid-Empty-5x5-v0, ...) get the same frames and no goal set.
 
 Labels (every goal of the set, for every frame):
   "go to the C T"    the agent faces a C T in the adjacent cell (BabyAI's own success test)
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import OrderedDict
 
+import gymnasium as gym
 import numpy as np
 from vlmr.rl.envs.babyai_goals import (
     ALL_TYPES,
@@ -55,17 +58,41 @@ ENVS = {
 }
 
 
+NAME = "babyai"
+ENV_ID_PREFIXES = ("BabyAI-", "MiniGrid-")
+OBS_MODES = ("symbolic", "pixels")
+ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")  # MiniGrid's Actions, in order
+
+
 def _check_env_id(env_id: str) -> tuple[str, tuple[str, ...]]:
     if env_id not in ENVS:
-        raise VlmrError(f"unknown or unsupported BabyAI environment {env_id!r}; supported: {', '.join(ENVS)}")
+        raise VlmrError(f"unknown env_id {env_id!r}: not a supported BabyAI environment; "
+                        f"supported: {', '.join(ENVS)}")
     return ENVS[env_id]
 
 
-def goal_set(family_or_env_id: str) -> list[str]:
-    """The goals labelled for a family ('goto', 'pickup', 'open') or a supported env id."""
-    if family_or_env_id in FAMILIES:
-        return family_goals(family_or_env_id)
-    family, types = _check_env_id(family_or_env_id)
+def check_env(env_id: str, obs_mode: str | None = None, env_kwargs: dict | None = None) -> None:
+    """A supported BabyAI id or any registered MiniGrid id; obs_mode None is minigrid's own obs dict."""
+    import minigrid  # noqa: F401 - registers the MiniGrid and BabyAI ids
+
+    if env_id.startswith("BabyAI-"):
+        _check_env_id(env_id)
+    elif env_id not in gym.registry:
+        raise VlmrError(f"unknown env_id {env_id!r}: not a registered MiniGrid id")
+    if obs_mode is not None and obs_mode not in OBS_MODES:
+        raise VlmrError(f"unknown obs_mode {obs_mode!r}; {env_id} has {', '.join(OBS_MODES)}")
+    if env_kwargs:
+        raise VlmrError(f"env_kwargs {sorted(env_kwargs)}: {env_id} takes none (env options belong to families "
+                        "that have them, e.g. vlmr/CrafterGoal-v0)")
+
+
+def goal_set(env_id: str, env_kwargs: dict | None = None) -> list[str] | None:
+    """The goals of a supported BabyAI id or a goal family ('goto', 'pickup', 'open'); None for other MiniGrid ids."""
+    if env_id in FAMILIES:
+        return family_goals(env_id)
+    if env_id.startswith("MiniGrid-"):
+        return None
+    family, types = _check_env_id(env_id)
     return family_goals(family, types)
 
 
@@ -77,24 +104,90 @@ def canonical_mission(mission: str) -> str | None:
     return goal_sentence(g.family, g.color, g.type)
 
 
-def make_env(env_id: str, view: str = "egocentric", image_size: int = 64, seed: int | None = None):
-    """A gymnasium BabyAI env whose `render()` returns the frame (uint8 image_size x image_size x 3)."""
-    import gymnasium as gym
-    import minigrid  # noqa: F401 - registers the BabyAI envs
+def action_names(env_id: str | None = None) -> list[str]:
+    return list(ACTION_NAMES)
 
-    _check_env_id(env_id)
+
+class Frames(gym.Wrapper):
+    """render() is the reward model's frame (see the module docstring); resets are quiet."""
+
+    def __init__(self, env, view: str, image_size: int):
+        super().__init__(env)
+        self.view, self.image_size = view, image_size
+
+    def render(self):
+        return render_frame(self.env.unwrapped, self.image_size, self.view)
+
+    def reset(self, **kwargs):
+        with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints "Sampling rejected" lines
+            return self.env.reset(**kwargs)
+
+
+class MemoRender(gym.Wrapper):
+    """render() memoised on what minigrid draws the egocentric frame from: the view grid and its visibility.
+
+    The key is the full encoding (type, colour, state of every cell, hidden ones too, and the carried
+    object) of `gen_obs_grid()`'s view plus the visibility mask, so equal keys mean equal frames; it
+    costs ~0.1 ms against ~0.25 ms for drawing. One LRU table per process, shared by its envs.
+    """
+
+    memo: OrderedDict = OrderedDict()
+    max_bytes = 128 << 20  # ~10000 frames at 64 px, ~3500 at 112 px
+    used_bytes = 0
+
+    def __init__(self, env, image_size: int):
+        super().__init__(env)
+        self.image_size = image_size
+
+    def render(self):
+        grid, vis = self.env.unwrapped.gen_obs_grid()
+        key = (self.image_size, grid.encode().tobytes(), vis.tobytes())
+        frame = self.memo.get(key)
+        if frame is None:
+            frame = np.asarray(self.env.render())
+            frame.setflags(write=False)  # shared between calls
+            cls = type(self)
+            cls.memo[key] = frame
+            cls.used_bytes += frame.nbytes
+            while cls.used_bytes > cls.max_bytes and len(cls.memo) > 1:
+                cls.used_bytes -= cls.memo.popitem(last=False)[1].nbytes
+        else:
+            self.memo.move_to_end(key)
+        return frame
+
+
+class PolicyObs(gym.ObservationWrapper):
+    """The policy's view of a MiniGrid obs dict: the symbolic 7x7x3 encoding, or the egocentric RGB view."""
+
+    def __init__(self, env, obs_mode: str, tile_size: int = 8):
+        super().__init__(env)
+        self.obs_mode, self.tile_size = obs_mode, tile_size
+        if obs_mode == "symbolic":
+            self.observation_space = env.observation_space["image"]
+        else:
+            side = env.unwrapped.agent_view_size * tile_size
+            self.observation_space = gym.spaces.Box(0, 255, (side, side, 3), np.uint8)
+
+    def observation(self, obs):
+        if self.obs_mode == "symbolic":
+            return obs["image"]
+        return self.env.unwrapped.get_frame(highlight=False, tile_size=self.tile_size, agent_pov=True)
+
+
+def make_env(env_id: str, image_size: int = 64, obs_mode: str | None = None, env_kwargs: dict | None = None,
+             memo_render: bool = False, view: str = "egocentric"):
+    """A gymnasium MiniGrid env whose `render()` returns the frame (uint8 image_size x image_size x 3).
+
+    obs_mode None keeps minigrid's obs dict; "symbolic" / "pixels" give the policy's view (PolicyObs).
+    memo_render (egocentric view only, the one it keys on) memoises frames with MemoRender.
+    """
+    check_env(env_id, obs_mode, env_kwargs)
     if view not in VIEWS:
         raise VlmrError(f"unknown view {view!r}; views are {', '.join(VIEWS)}")
-
-    class _Render(gym.Wrapper):
-        def render(self):
-            return render_frame(self.env.unwrapped, view, image_size)
-
-    env = _Render(gym.make(env_id))
-    if seed is not None:
-        with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints "Sampling rejected" lines
-            env.reset(seed=seed)
-    return env
+    env = Frames(gym.make(env_id), view, image_size)
+    if memo_render and view == "egocentric":
+        env = MemoRender(env, image_size)
+    return PolicyObs(env, obs_mode) if obs_mode else env
 
 
 def _pad(img: np.ndarray, size: int) -> np.ndarray:
@@ -119,7 +212,7 @@ def _pov(env, image_size: int):
     return _pad(img, image_size), grid, vis
 
 
-def render_frame(env, view: str = "egocentric", image_size: int = 64) -> np.ndarray:
+def render_frame(env, image_size: int = 64, view: str = "egocentric") -> np.ndarray:
     """The frame of an (unwrapped) minigrid env: uint8 image_size x image_size x 3."""
     env = env.unwrapped
     if view == "egocentric":
@@ -200,7 +293,7 @@ class BabyAISource:
         # episode k runs env (k mod n) of [env_id, *env_mix]: one dataset can cover several tasks' states,
         # e.g. GoToLocal's distractor-rich rooms and the single-object rooms an agent trains in
         self.env_ids = [env_id, *env_mix]
-        self.envs = {e: make_env(e, view, image_size) for e in self.env_ids}
+        self.envs = {e: make_env(e, image_size, view=view) for e in self.env_ids}
         self.view, self.image_size = view, image_size
         self.goals = list(goals) if goals else goal_set(env_id)
         for g in self.goals:
@@ -212,7 +305,7 @@ class BabyAISource:
         if self.view == "egocentric":
             frame, grid, vis = _pov(u, self.image_size)
         else:
-            frame, grid, vis = render_frame(u, self.view, self.image_size), None, None
+            frame, grid, vis = render_frame(u, self.image_size, self.view), None, None
         labels = label_goals(u, self.goals)
         return frame, {"env": self.env_id, "mission": self.mission, "labels": labels,
                        "captions": frame_captions(u, grid, vis, rng)}
@@ -222,8 +315,7 @@ class BabyAISource:
 
         self.env_id = self.env_ids[env_seed % len(self.env_ids)]
         env = self.envs[self.env_id]
-        with contextlib.redirect_stdout(io.StringIO()):
-            env.reset(seed=env_seed)
+        env.reset(seed=env_seed)
         u = env.unwrapped
         self.mission = canonical_mission(u.mission) or u.mission
         if self.mission_in_goals and self.mission not in self.goal_index:
@@ -256,3 +348,8 @@ class BabyAISource:
             yield frame, meta
             if left is None and (terminated or action == u.actions.done or meta["labels"].get(self.mission)):
                 left = self.linger
+
+
+def make_source(cfg) -> BabyAISource:
+    return BabyAISource(cfg.env_id, cfg.view, cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise, cfg.linger,
+                        cfg.mission_in_goals, cfg.env_mix)

@@ -1,8 +1,9 @@
-"""Crafter: goals from achievements, labels decidable from the frame, a scripted noisy policy.
+"""The Crafter family: goals from achievements, labels decidable from the frame, a scripted noisy policy.
 
     vlmr collect configs/data/crafter.yaml
-    env = make_env(seed=0, image_size=64); frame = env.render()
-    labels = label_goals(env, GOALS)
+    world = make_world(seed=0, image_size=64); frame = world.render()
+    labels = label_goals(world, GOALS)
+    env = make_env(ENV_ID, image_size=64, env_kwargs={"goals": ["collect wood"]})   # PPO's env (crafter_gym.py)
 
 A Crafter frame is the 9 x 7 cells around the player plus a 9 x 2 inventory bar
 (items with count >= 1, with their count). A goal is labelled 1 exactly when
@@ -41,16 +42,77 @@ _ITEM_WORDS = {"wood_pickaxe": "wood pickaxe", "stone_pickaxe": "stone pickaxe",
                "wood_sword": "wood sword", "stone_sword": "stone sword", "iron_sword": "iron sword"}
 
 
-def goal_set(name: str = "crafter") -> list[str]:
-    return list(GOALS)
+NAME = "crafter"
+ENV_ID = "vlmr/CrafterGoal-v0"
+ENV_ID_PREFIXES = ("vlmr/Crafter",)
+DEFAULT_GOALS = ("collect wood",)  # reachable from a fresh world in tens of steps; longer chains need more PPO
+ENV_OPTIONS = ("goals", "max_steps", "area", "obs_size")  # CrafterGoalEnv's options (PPOConfig.env_kwargs)
 
 
-def make_env(seed: int = 0, image_size: int = 64, length: int = 10000):
+def make_world(seed: int = 0, image_size: int = 64):
+    """A plain crafter.Env (the data side: no goal, no truncation), reset to the world of `seed`."""
     import crafter
 
-    env = crafter.Env(size=(image_size, image_size), seed=seed, length=length)
+    env = crafter.Env(size=(image_size, image_size), seed=seed)
     env.reset()
     return env
+
+
+def check_goals(goals) -> list[str]:
+    goals = list(goals)
+    unknown = [g for g in goals if g not in GOALS]
+    if unknown or not goals:
+        raise VlmrError(f"{ENV_ID}: unknown goals {unknown}; choose from {GOALS}")
+    return goals
+
+
+def check_env(env_id: str, obs_mode: str | None = "pixels", env_kwargs: dict | None = None) -> None:
+    if env_id != ENV_ID:
+        raise VlmrError(f"unknown Crafter env {env_id!r}; the Crafter family has {ENV_ID}")
+    if obs_mode not in (None, "pixels"):
+        raise VlmrError(f"{env_id} has no {obs_mode} observation: set obs_mode=pixels")
+    unknown = sorted(set(env_kwargs or {}) - set(ENV_OPTIONS))
+    if unknown:
+        raise VlmrError(f"env_kwargs {unknown} unknown to {env_id}; it takes {sorted(ENV_OPTIONS)}")
+    goal_set(env_id, env_kwargs)
+
+
+def make_env(env_id: str = ENV_ID, image_size: int = 64, obs_mode: str | None = "pixels",
+             env_kwargs: dict | None = None, memo_render: bool = False):
+    """PPO's goal-conditioned env (rl/envs/crafter_gym.py): obs the 64 px view, render() at image_size.
+
+    memo_render has nothing to reuse here: the env keeps the frame crafter drew for obs and renders it once.
+    """
+    from vlmr.rl.envs.crafter_gym import CrafterGoalEnv
+
+    check_env(env_id, obs_mode, env_kwargs)
+    return CrafterGoalEnv(image_size=image_size, **(env_kwargs or {}))
+
+
+def goal_set(env_id: str | None = None, env_kwargs: dict | None = None) -> list[str]:
+    """The missions of env_id with these options (default: collect wood); env_id None: every labelled goal."""
+    if env_id is None:
+        return list(GOALS)
+    return check_goals((env_kwargs or {}).get("goals") or DEFAULT_GOALS)
+
+
+def canonical_mission(mission: str) -> str | None:
+    return mission if mission in GOALS else None
+
+
+def action_names(env_id: str | None = None) -> list[str]:
+    import crafter
+
+    return list(crafter.constants.actions)
+
+
+def _game(env):
+    """The crafter.Env of a plain world or of PPO's CrafterGoalEnv."""
+    return getattr(getattr(env, "unwrapped", env), "_env", env)
+
+
+def render_frame(env, image_size: int = 64) -> np.ndarray:
+    return _game(env).render((image_size, image_size))
 
 
 def reseed(env, seed: int):
@@ -74,6 +136,7 @@ def in_view(env) -> set[str]:
 
 
 def label_goals(env, goals: list[str]) -> dict[str, int]:
+    env = _game(env)
     inv = env._player.inventory
     seen = None
     labels = {}
@@ -210,7 +273,7 @@ class CrafterSource:
             raise VlmrError(f"unknown Crafter goals {unknown}; goals are {', '.join(GOALS)} "
                             "(achievements a frame cannot show are left out, see rl/envs/crafter.py)")
         self.image_size, self.max_steps, self.noise = image_size, max_steps, noise
-        self.env = make_env(0, image_size)
+        self.env = make_world(0, image_size)
 
     def episode(self, env_seed: int):
         env = self.env
@@ -224,3 +287,7 @@ class CrafterSource:
             frame, _, done, _ = env.step(policy())
             if done:
                 return
+
+
+def make_source(cfg) -> CrafterSource:
+    return CrafterSource(cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise)

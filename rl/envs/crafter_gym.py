@@ -1,6 +1,6 @@
 """Crafter as a goal-conditioned gymnasium env for PPO: one achievement goal per episode, ground-truth success.
 
-    import vlmr.rl.envs.crafter_gym  # registers the id
+    import vlmr.rl.envs.crafter_gym  # registers the id (vlmr.rl.envs.crafter.make_env builds it directly)
     env = gym.make("vlmr/CrafterGoal-v0", goals=["collect wood"], max_steps=100, image_size=64)
     obs, info = env.reset(seed=0); env.unwrapped.mission          # 'collect wood'
     vlmr compare configs/rl/compare_crafter.yaml                  # agents on it (vlmr pipeline wires the models)
@@ -20,26 +20,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-from vlmr.rl.envs.crafter import GOALS, label_goals, reseed
+from vlmr.rl.envs.crafter import DEFAULT_GOALS, ENV_ID, check_goals, label_goals, reseed
 
 from vlmr.core.errors import VlmrError
-
-ENV_ID = "vlmr/CrafterGoal-v0"
-DEFAULT_GOALS = ("collect wood",)  # reachable from a fresh world in tens of steps; longer chains need more PPO
-
-
-def action_names() -> list[str]:
-    import crafter
-
-    return list(crafter.constants.actions)
-
-
-def check_goals(goals) -> list[str]:
-    goals = list(goals)
-    unknown = [g for g in goals if g not in GOALS]
-    if unknown or not goals:
-        raise VlmrError(f"{ENV_ID}: unknown goals {unknown}; choose from {GOALS}")
-    return goals
 
 
 class CrafterGoalEnv(gym.Env):

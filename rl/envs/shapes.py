@@ -1,4 +1,4 @@
-"""A generic captioned corpus of coloured shapes, for pretraining the offline demo's zero-shot base CLIP.
+"""The shapes family: a generic captioned corpus of coloured shapes, for pretraining the offline demo's base CLIP.
 
     vlmr collect --source shapes                  # = vlmr collect configs/data/shapes.yaml
     frame, objects, captions = render_scene(np.random.default_rng(0), 64)
@@ -14,12 +14,17 @@ language that a web-scale CLIP would bring and a colour-only corpus lacks.
 It is never rendered from BabyAI or Crafter.
 
 Every frame is labelled for the goal set "a {colour} {shape}": 1 when an
-object of that colour and shape is in the frame.
+object of that colour and shape is in the frame. Shapes is data-only: the env
+side of the family interface (make_env, check_env, render_frame, action_names)
+raises a VlmrError, and a scene's state for label_goals is its list of objects.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from vlmr.rl.envs import no_rl_env
+
+from vlmr.core.errors import VlmrError
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "purple": (112, 39, 195),
           "yellow": (255, 255, 0), "grey": (100, 100, 100)}
@@ -29,8 +34,34 @@ NAMES = {"circle": ("circle", "ball", "disc"), "square": ("square", "block"), "t
 _ROWS, _COLS = ("top", "middle", "bottom"), ("left", "centre", "right")
 
 
-def goal_set() -> list[str]:
+NAME = "shapes"
+ENV_ID_PREFIXES = ()  # no RL env
+
+
+def goal_set(env_id: str | None = None, env_kwargs: dict | None = None) -> list[str]:
+    """Every "a {colour} {shape}" goal (there are no env ids, so env_id and env_kwargs change nothing)."""
     return [f"a {c} {s}" for s in SHAPES for c in COLORS]
+
+
+def check_env(env_id: str, obs_mode: str | None = None, env_kwargs: dict | None = None) -> None:
+    raise no_rl_env(NAME, f"env {env_id!r}")
+
+
+def make_env(env_id: str, image_size: int = 64, obs_mode: str | None = None, env_kwargs: dict | None = None,
+             memo_render: bool = False):
+    raise no_rl_env(NAME, f"env {env_id!r}")
+
+
+def render_frame(env, image_size: int = 64) -> np.ndarray:
+    raise no_rl_env(NAME, "render_frame")
+
+
+def action_names(env_id: str | None = None) -> list[str]:
+    raise no_rl_env(NAME, "action_names")
+
+
+def canonical_mission(mission: str) -> str | None:
+    return mission if mission in goal_set() else None
 
 
 def position_name(cx: float, cy: float, size: int) -> str:
@@ -222,7 +253,8 @@ def _captions(objects: list[dict], rng) -> list[str]:
     return [first, *caps]
 
 
-def label_objects(objects: list[dict], goals: list[str]) -> dict[str, int]:
+def label_goals(objects: list[dict], goals: list[str]) -> dict[str, int]:
+    """{goal: 1 when an object of its colour and shape is in the scene}."""
     present = {f"a {o['color']} {o['shape']}" for o in objects}
     return {g: int(g in present) for g in goals}
 
@@ -238,13 +270,15 @@ class ShapesSource:
         self.goals = list(goals) if goals else goal_set()
         unknown = [g for g in self.goals if g not in goal_set()]
         if unknown:
-            from vlmr.core.errors import VlmrError
-
             raise VlmrError(f"unknown shapes goals {unknown[:3]}; shapes goals are 'a {{colour}} {{shape}}' with "
                             f"colours {', '.join(COLORS)} and shapes {', '.join(SHAPES)}")
 
     def episode(self, env_seed: int):
         rng = np.random.default_rng(env_seed)
         frame, objects, captions = render_scene(rng, self.image_size, self.max_objects, self.viewer_prob)
-        yield frame, {"env": "shapes", "mission": None, "labels": label_objects(objects, self.goals),
+        yield frame, {"env": "shapes", "mission": None, "labels": label_goals(objects, self.goals),
                       "captions": captions}
+
+
+def make_source(cfg) -> ShapesSource:
+    return ShapesSource(cfg.image_size, cfg.shapes_max_objects, cfg.shapes_viewer_prob, cfg.goals)

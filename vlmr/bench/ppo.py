@@ -28,8 +28,7 @@ def bench_rl(env_id: str = "BabyAI-GoToRedBallNoDists-v0", reward_model: str | N
     from vlmr.finetune.reward_model import RewardModel
     from vlmr.rl.agent import ppo
     from vlmr.rl.agent.ppo import PPOConfig, train
-    from vlmr.rl.agent.vector_envs import MemoRender
-    from vlmr.rl.envs.babyai import goal_set
+    from vlmr.rl.envs.babyai import MemoRender, goal_set
 
     ppo._REWARD_CACHES.clear()  # every measurement starts cold
     MemoRender.memo.clear()

@@ -42,7 +42,7 @@ def bench_cache(image_size: int = 64, steps: int = 2000, num_envs: int = 8, arch
 
     env_id = "BabyAI-GoToLocal-v0"
     goals = goal_set(env_id)
-    envs = [make_env(env_id, image_size=image_size, seed=i) for i in range(num_envs)]
+    envs = [make_env(env_id, image_size=image_size) for _ in range(num_envs)]
     rng = np.random.default_rng(0)
     for i, env in enumerate(envs):
         env.reset(seed=i)
