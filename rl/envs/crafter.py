@@ -49,10 +49,44 @@ DEFAULT_GOALS = ("collect wood",)  # reachable from a fresh world in tens of ste
 ENV_OPTIONS = ("goals", "max_steps", "area", "obs_size")  # CrafterGoalEnv's options (PPOConfig.env_kwargs)
 
 
+class _OrderedSet(dict):
+    """The set operations crafter uses on a chunk's objects, iterating in insertion order."""
+
+    def add(self, obj) -> None:
+        self[obj] = None
+
+    def remove(self, obj) -> None:
+        del self[obj]
+
+
+def make_reproducible() -> None:
+    """Make crafter's worlds depend on their seed alone.
+
+    crafter keeps each chunk's creatures in a plain set, which iterates in memory-address order, and
+    picks the creature to despawn by index into it: the same seed gave different worlds in different
+    processes (so did `vlmr collect` shards and PPO runs). Chunks that iterate in insertion order fix it.
+    """
+    import collections
+
+    from crafter import engine
+
+    if getattr(engine.World.reset, "ordered_chunks", False):
+        return
+    reset = engine.World.reset
+
+    def ordered_reset(self, seed=None):
+        reset(self, seed)
+        self._chunks = collections.defaultdict(_OrderedSet)
+
+    ordered_reset.ordered_chunks = True
+    engine.World.reset = ordered_reset
+
+
 def make_world(seed: int = 0, image_size: int = 64):
     """A plain crafter.Env (the data side: no goal, no truncation), reset to the world of `seed`."""
     import crafter
 
+    make_reproducible()
     env = crafter.Env(size=(image_size, image_size), seed=seed)
     env.reset()
     return env

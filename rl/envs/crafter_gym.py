@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-from vlmr.rl.envs.crafter import DEFAULT_GOALS, ENV_ID, check_goals, label_goals, reseed
+from vlmr.rl.envs.crafter import DEFAULT_GOALS, ENV_ID, check_goals, label_goals, make_reproducible, reseed
 
 from vlmr.core.errors import VlmrError
 
@@ -39,6 +39,7 @@ class CrafterGoalEnv(gym.Env):
         # crafter's own episode length is never reached: this env truncates at max_steps first
         # area: crafter's 64 x 64 world takes ~0.3 s per reset (pure-Python simplex noise), 32 x 32 a quarter
         # of that; the world near the player is generated the same way and a short episode stays near it
+        make_reproducible()
         self._env = crafter.Env(area=(area, area), size=(obs_size, obs_size), length=max_steps + 1, seed=0)
         self.action_space = gym.spaces.Discrete(len(crafter.constants.actions))
         self.observation_space = gym.spaces.Box(0, 255, (obs_size, obs_size, 3), np.uint8)
