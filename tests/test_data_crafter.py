@@ -98,3 +98,22 @@ def test_scripted_policy_reaches_tools():
                 seen[g] += v
             assert meta["captions"] and meta["mission"] is None
     assert seen["collect wood"] and seen["place a table"] and seen["make a wood pickaxe"]
+
+
+def test_collection_is_the_same_in_every_process(tmp_path):
+    """crafter picks creatures to despawn by their order in a set; without ordered chunks two processes differ."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def shard_hashes(run: int) -> list[str]:
+        out = tmp_path / f"run{run}"
+        env = {**os.environ, "PYTHONHASHSEED": str(run)}
+        subprocess.run([sys.executable, "-m", "vlmr", "collect", "--source", "crafter", f"out_dir={out}",
+                        "frames.train=1200", "frames.val=0", "frames.test=0", "shard_size=1200", "--quiet"],
+                       env=env, check=True, capture_output=True, timeout=300)
+        manifest = json.loads((out / "manifest.json").read_text())
+        return [s["sha256"] for s in manifest["splits"]["train"]["shards"]]
+
+    assert shard_hashes(1) == shard_hashes(2)
