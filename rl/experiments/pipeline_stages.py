@@ -99,7 +99,7 @@ def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: S
         val = s.get("val", {})
         own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
         what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
-        return f"{s['steps']} steps ({s['mode']}), {s['images_per_s'] or 0:.0f} img/s, val {what} AUROC {fmt(auroc)}"
+        return f"{s['steps']} steps ({s['mode']}), {fmt(s['images_per_s'], 0)} img/s, val {what} AUROC {fmt(auroc)}"
 
     runner.run(stage, fingerprint, lambda: reward_model_valid(rm_dir), body)
     return rm_dir
