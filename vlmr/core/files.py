@@ -18,7 +18,6 @@ from typing import Any
 
 from vlmr.core.errors import VlmrError
 
-
 # mkstemp creates files readable by their owner alone; written files get the usual mode (0666 less the umask)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
