@@ -78,7 +78,9 @@ def test_every_source_package_is_in_pyproject():
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {module_name(p) for top in SOURCE_FOLDERS for p in (REPO / top).rglob("__init__.py")}
-    assert on_disk | {"vlmr.configs"} == listed
+    config_folders = {f"vlmr.configs.{d.name}" for d in (REPO / "configs").iterdir()
+                      if d.is_dir() and d.name != "__pycache__"}
+    assert on_disk | {"vlmr.configs"} | config_folders == listed
 
 
 # ---------------------------------------------------------------- public API and the CLI's start-up
