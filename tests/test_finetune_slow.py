@@ -1,6 +1,6 @@
 """Heavier fine-tuning checks, under the `slow` marker: DDP with two CPU processes (gloo), the LoRA benchmark.
 
-    flock /tmp/vlmr-heavy.lock .venv/bin/python -m pytest tests/test_finetune_slow.py -q -m slow
+    .venv/bin/python -m pytest tests/test_finetune_slow.py -q -m slow
 """
 
 from __future__ import annotations
