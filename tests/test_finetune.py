@@ -145,7 +145,11 @@ def test_run_writes_provenance_logs_checkpoint_and_reward_model(lora_run):
     metrics = next((run / "csv").rglob("metrics.csv")).read_text()
     assert "train/loss" in metrics and "val/auroc_mean" in metrics and "val/auroc/a red circle" in metrics
     assert summary["steps"] == 6 and summary["start_step"] == 0 and summary["mode"] == "lora"
-    assert 0.0 <= summary["val"]["val/auroc_mean"] <= 1.0 and 0.0 <= summary["val"]["val/retrieval_top1"] <= 1.0
+    import csv
+
+    logged = [r for r in csv.DictReader(metrics.splitlines()) if r.get("val/auroc_mean")]
+    for key in ("val/auroc_mean", "val/retrieval_top1"):  # summary.json holds the last validation's values
+        assert summary["val"][key] == pytest.approx(float(logged[-1][key]), abs=1e-6)
     assert summary["val"]["val/own_goal_auroc"] is None  # the shapes corpus has no missions
     # the random-init base was saved first, and the adapter dir references it
     rm_dir = run / "reward_model"
