@@ -8,17 +8,17 @@ Every interval is a percentile bootstrap over seeds (vlmr.rl.experiments.stats);
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from vlmr.rl.experiments.stats import bootstrap_band, bootstrap_ci, difference_ci, none_to_nan, normalized_auc
 
 CONTRAST_METRICS = ("final_success", "auc")  # per-seed values a contrast compares
 
 
-def _stack(curves: list[list], width: int) -> np.ndarray:
-    """Curves of several seeds as rows, cut to a common width (a run may have stopped an evaluation early)."""
-    return np.stack([none_to_nan(c[:width]) for c in curves])
+def _band(curves: list[list], steps: list, num_samples: int, ci: float) -> dict:
+    """Curves of several seeds (cut to a common width: a run may have stopped early) -> mean and CI band."""
+    width = min(len(c) for c in curves)
+    mean, lo, hi = bootstrap_band(np.stack([none_to_nan(c[:width]) for c in curves]), min(num_samples, 2000), ci)
+    return {"env_steps": steps[:width], "mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
 
 
 def summarize_arm(results: list[dict], num_samples: int, ci: float) -> dict:
@@ -31,27 +31,20 @@ def summarize_arm(results: list[dict], num_samples: int, ci: float) -> dict:
     final = [r["final_success_rate"] for r in results]
     auc = [normalized_auc(r["curves"]["eval_steps"], none_to_nan(r["curves"]["success_rate"])) for r in results]
     quality = [r.get("reward_quality") or {} for r in results]
-    precision = [math.nan if q.get("precision") is None else q["precision"] for q in quality]
-    recall = [math.nan if q.get("recall") is None else q["recall"] for q in quality]
-    width = min(len(r["curves"]["eval_steps"]) for r in results)
-    success = _stack([r["curves"]["success_rate"] for r in results], width)
-    mean, lo, hi = bootstrap_band(success, min(num_samples, 2000), ci)
+    curves = [r["curves"] for r in results]
     summary = {
         "seeds": [r["seed"] for r in results], "final_success": ci_of(final),
         "final_success_mean": float(np.mean(final)),  # convenience for one-line summaries
         "auc": ci_of(auc),
-        "reward_precision": ci_of(precision), "reward_recall": ci_of(recall),
+        "reward_precision": ci_of(none_to_nan([q.get("precision") for q in quality])),
+        "reward_recall": ci_of(none_to_nan([q.get("recall") for q in quality])),
         "sps": float(np.mean([r["sps"] for r in results])),
-        "success_curve": {"env_steps": results[0]["curves"]["eval_steps"][:width], "mean": mean.tolist(),
-                          "lo": lo.tolist(), "hi": hi.tolist()},
+        "success_curve": _band([c["success_rate"] for c in curves], curves[0]["eval_steps"], num_samples, ci),
         "reward_model_id": results[0].get("reward_model_id"),
     }
-    if any(r["curves"]["precision"] for r in results):
-        pw = min(len(r["curves"]["precision"]) for r in results)
-        p_mean, p_lo, p_hi = bootstrap_band(_stack([r["curves"]["precision"] for r in results], pw),
-                                            min(num_samples, 2000), ci)
-        summary["precision_curve"] = {"env_steps": results[0]["curves"]["rollout_steps"][:pw],
-                                      "mean": p_mean.tolist(), "lo": p_lo.tolist(), "hi": p_hi.tolist()}
+    if any(c["precision"] for c in curves):
+        summary["precision_curve"] = _band([c["precision"] for c in curves], curves[0]["rollout_steps"],
+                                           num_samples, ci)
     return summary
 
 

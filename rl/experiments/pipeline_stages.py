@@ -98,7 +98,7 @@ def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: S
         s = finetune(run_cfg, progress=False)
         val = s.get("val", {})
         own, mean = val.get("val/own_goal_auroc"), val.get("val/auroc_mean")
-        what, auroc = ("own-goal", own) if own is not None and own == own else ("mean per-goal", mean)
+        what, auroc = ("own-goal", own) if own is not None else ("mean per-goal", mean)
         return f"{s['steps']} steps ({s['mode']}), {fmt(s['images_per_s'], 0)} img/s, val {what} AUROC {fmt(auroc)}"
 
     runner.run(stage, fingerprint, lambda: reward_model_valid(rm_dir), body)

@@ -18,15 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vlmr.core.config import (
-    build_config,
-    config_dataclass,
-    config_fingerprint,
-    resolve_config,
-    resolve_config_refs,
-)
+from vlmr.core.config import build_config, config_dataclass, config_fingerprint, read_config_data
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json
 
@@ -51,11 +43,9 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def stage_config(cls, section: StageSection, wiring: dict, what: str):
     """The stage's YAML, with the pipeline's `set` values and then its wiring (paths between stages) on top."""
     try:
-        path = resolve_config(section.config)
+        path, data = read_config_data(cls, section.config)
     except VlmrError as e:
         raise VlmrError(f"pipeline stage {what}: {e}") from None
-    data = yaml.safe_load(path.read_text()) or {}
-    resolve_config_refs(data, getattr(cls, "CONFIG_REFS", ()), path.parent)
     return build_config(cls, deep_merge(deep_merge(data, section.set), wiring), f"{path} (pipeline stage {what})")
 
 

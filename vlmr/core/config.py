@@ -129,7 +129,7 @@ def resolve_config(name: str | Path, kind: str | None = None) -> Path:
     raise VlmrError(f"config file not found: {name}{hint}")
 
 
-def resolve_config_refs(data: dict, refs: tuple[str, ...], base: Path) -> None:
+def _resolve_refs(data: dict, refs: tuple[str, ...], base: Path) -> None:
     """Point the config-reference keys `refs` ("shapes.config") of data at files next to `base`, in place."""
     for dotted in refs:
         *parents, last = dotted.split(".")
@@ -140,19 +140,25 @@ def resolve_config_refs(data: dict, refs: tuple[str, ...], base: Path) -> None:
             node[last] = str((base / node[last]).resolve())  # else resolve_config: working dir, then shipped
 
 
+def read_config_data(cls, name: str | Path, kind: str | None = None) -> tuple[Path, dict]:
+    """The file a config name resolves to and its YAML, with cls's config references resolved next to it."""
+    path = resolve_config(name, kind)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise VlmrError(f"{path} is not valid YAML: {e}") from None
+    if isinstance(data, dict):
+        _resolve_refs(data, getattr(cls, "CONFIG_REFS", ()), path.parent)
+    return path, data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides=(), kind: str | None = None) -> T:
     """Load a YAML config (a path, or a shipped config's name; see resolve_config) with key=value overrides."""
     data: dict = {}
     source = "overrides"
     if path is not None:
-        path = resolve_config(path, kind)
+        path, data = read_config_data(cls, path, kind)
         source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise VlmrError(f"{path} is not valid YAML: {e}") from None
-        if isinstance(data, dict):
-            resolve_config_refs(data, getattr(cls, "CONFIG_REFS", ()), path.parent)
     data = apply_overrides(data, list(overrides))
     return build_config(cls, data, source)
 
