@@ -161,6 +161,18 @@ def test_configs_command_lists_shows_and_copies(tmp_path, capsys, monkeypatch):
     assert "exists" in capsys.readouterr().err
 
 
+def test_a_copied_pipeline_still_finds_the_shipped_stage_configs(tmp_path, monkeypatch):
+    from vlmr.rl.collect.collect import CollectConfig
+    from vlmr.rl.experiments.pipeline import PipelineConfig
+    from vlmr.rl.experiments.stage_runner import stage_config
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["configs", "copy", "babyai_demo"]) == 0
+    cfg = load_config(PipelineConfig, "babyai_demo.yaml")
+    assert cfg.domain.config == "../data/babyai_goto.yaml"  # nothing next to the copy: the shipped one is meant
+    assert stage_config(CollectConfig, cfg.domain, {}, "collect_domain").source == "babyai"
+
+
 def test_provenance_names_the_source_and_the_working_directory():
     from vlmr.core.provenance import run_info
 

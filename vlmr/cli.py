@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -74,6 +73,7 @@ def missing_extra_message(command: str, err: ModuleNotFoundError) -> str | None:
 
 def configs_main(argv: list[str]) -> int:
     from vlmr.core.config import resolve_config, shipped_config_dir, shipped_configs
+    from vlmr.core.files import atomic_write_bytes
 
     parser = argparse.ArgumentParser(prog="vlmr configs", description="The configs shipped with vlmr.")
     parser.add_argument("action", nargs="?", choices=("list", "show", "copy"), default="list")
@@ -99,9 +99,10 @@ def configs_main(argv: list[str]) -> int:
         from vlmr.core.errors import VlmrError
 
         raise VlmrError(f"{dest} exists; give another destination or delete it first")
-    shutil.copyfile(path, dest)
-    print(f"copied {path} -> {dest}; stage configs it names by a relative path resolve next to the copy, so "
-          "point them at the shipped ones by name or copy those too")
+    atomic_write_bytes(dest, path.read_bytes())
+    note = ("; the configs it names by a relative path (../data/shapes.yaml) now resolve next to the copy, or "
+            "else to the shipped ones") if path.parent.name == "pipeline" else ""
+    print(f"copied {path} -> {dest}{note}")
     return 0
 
 

@@ -117,7 +117,10 @@ def resolve_config(name: str | Path, kind: str | None = None) -> Path:
     if path.is_file():
         return path
     shipped = shipped_configs()
-    stem = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    stem = path.as_posix().removesuffix(".yaml")
+    while stem.startswith(("../", "./")):  # a copied pipeline's "../data/shapes.yaml" means the shipped one
+        stem = stem.split("/", 1)[1]
+    stem = stem.removeprefix("configs/")
     for key in ([f"{kind}/{stem}"] if kind else []) + [stem]:
         if key in shipped:
             return shipped[key]
