@@ -36,6 +36,7 @@ from vlmr.core.config import build_config, config_dataclass, config_to_dict
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json
 from vlmr.core.metrics import METRICS
+from vlmr.core.quality import STRICT_HELP
 
 # 2: undefined metrics are null with a note (version 1 wrote precision 0.0 where nothing was predicted)
 RESULTS_VERSION = 2
@@ -65,6 +66,7 @@ class EvaluateConfig:
     cache_scores: bool = True  # read and write similarity matrices in <model>/calibration/ (shared with calibrate)
     logger: Literal["wandb", "csv", "none"] = "none"  # also log results: W&B (offline unless WANDB_MODE is set), CSV
     wandb_project: str = "vlmr"  # W&B project, with logger=wandb
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
     def __post_init__(self):
         if not self.models:
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logger", choices=("none", "csv", "wandb"),
                    help="also log results (W&B offline unless WANDB_MODE is set)")
     p.add_argument("--wandb-project")
+    p.add_argument("--strict", action="store_true", default=False, help=STRICT_HELP)
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return p
 
@@ -154,7 +157,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         rm = RewardModel.load(spec.dir, calibration=cal, device=device)
         cache_dir = Path(spec.dir) / "calibration" if cfg.cache_scores else None
         scores = score_split(rm, cfg.data, cfg.split, cfg.batch_size, cache_dir, cfg.limit, progress,
-                             f"reward model {spec.dir}")
+                             f"reward model {spec.dir}", cfg.strict)
         if int(scores.labels.sum()) == 0:
             raise VlmrError(f"split {cfg.split!r} of {cfg.data} has no positive label for any goal; precision, recall "
                             "and AUROC are undefined there. Evaluate on a split where goals are reached.")

@@ -35,6 +35,7 @@ from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text
 from vlmr.core.metrics import METRICS
+from vlmr.core.quality import quality_issue
 from vlmr.core.reporting import fmt
 
 VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
@@ -62,6 +63,7 @@ class CalibrateConfig:
     logger: Literal["wandb", "csv", "none"] = "wandb"  # also log results: W&B (offline unless WANDB_MODE is set), CSV, none
     wandb_project: str = "vlmr"  # W&B project, with logger=wandb
     run_name: str | None = None  # W&B run name; none = calibrate-<model id[:8]>
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
     def __post_init__(self):
         if self.fit_split == self.eval_split:
@@ -159,14 +161,14 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
                         "frame and nothing can be calibrated; add negatives or more goals")
     cache = art if cfg.cache_scores else None
     name = f"reward model {cfg.reward_model}"
-    val = score_split(rm, cfg.data, cfg.fit_split, cfg.batch_size, cache, cfg.limit, progress, name)
+    val = score_split(rm, cfg.data, cfg.fit_split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)
     if int(val.labels.sum()) == 0:
         raise VlmrError(f"split {cfg.fit_split!r} of {cfg.data} has no positive label for any goal: there is nothing "
                         "to fit a threshold to. Collect data in which goals are reached.")
     crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta)
     fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
-                          goal_names=rm.goals)
-    test = score_split(rm, cfg.data, cfg.eval_split, cfg.batch_size, cache, cfg.limit, progress, name)
+                          goal_names=rm.goals, strict=cfg.strict)
+    test = score_split(rm, cfg.data, cfg.eval_split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)
     after = evaluate_scores(test.sims, test.labels, test.own_goal, fit.temperatures, fit.thresholds, rm.goals,
                             cfg.ece_bins)
     before = evaluate_scores(test.sims, test.labels, test.own_goal, [rm.spec.temperature] * len(rm.goals),
@@ -175,7 +177,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     if int(test.labels.sum()) == 0:
         msg = f"split {cfg.eval_split!r} has no positive label for any goal: recall, F1, AP and AUROC are undefined"
         metrics["warnings"] = [msg]
-        warnings.warn(msg, CalibrationWarning, stacklevel=2)
+        quality_issue(msg, cfg.strict, CalibrationWarning)
 
     body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest)
     write_calibration(out, rm.model_id, body.pop("goals"), **body)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -27,12 +26,13 @@ import numpy as np
 import torch
 
 from vlmr.core.metrics import count_metrics
+from vlmr.core.quality import QualityWarning, quality_issue
 
 Criterion = Literal["precision_at", "max_f1", "fbeta"]
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-class CalibrationWarning(UserWarning):
+class CalibrationWarning(QualityWarning):
     """A calibration result that is valid but weaker than asked for (fallback, unreachable target, bound hit)."""
 
 
@@ -217,8 +217,8 @@ class CalibrationFit:
 
 
 def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: int = 10,
-                    tau_min: float = 1e-3, tau_max: float = 10.0, goal_names: list[str] | None = None
-                    ) -> CalibrationFit:
+                    tau_min: float = 1e-3, tau_max: float = 10.0, goal_names: list[str] | None = None,
+                    strict: bool = False) -> CalibrationFit:
     """Fit tau_g then beta_g for every goal; goals with too few positives (or no negatives) get the pooled fit.
 
     The pooled ("shared") fit is one temperature for all (frame, goal) pairs and a threshold chosen on
@@ -309,5 +309,5 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     for kind, items in grouped.items():
         if items:
             shown = ", ".join(items[:8]) + (f", and {len(items) - 8} more" if len(items) > 8 else "")
-            warnings.warn(f"{len(items)} goal(s): {heads[kind]}: {shown}", CalibrationWarning, stacklevel=2)
+            quality_issue(f"{len(items)} goal(s): {heads[kind]}: {shown}", strict, CalibrationWarning)
     return CalibrationFit(temps, thresholds, goals, shared, notes)

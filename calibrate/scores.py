@@ -72,7 +72,8 @@ def _write_cache(path: Path, scores: Scores) -> None:
 
 
 def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cache_dir: str | Path | None = None,
-                limit: int | None = None, progress: bool = True, model_name: str = "the reward model") -> Scores:
+                limit: int | None = None, progress: bool = True, model_name: str = "the reward model",
+                strict: bool = False) -> Scores:
     """Similarities, labels and own-goal ids of every sample of `split`, from the cache when it is valid."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
@@ -90,7 +91,7 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     goals = list(rm.goals)
     index = {g: i for i, g in enumerate(goals)}
     total = manifest["splits"].get(split, {}).get("samples")
-    counter = SkipCounter()
+    counter = SkipCounter(strict)
     sims, labels, own, keys, batch = [], [], [], [], []
 
     def flush():

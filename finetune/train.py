@@ -90,6 +90,7 @@ class FinetuneConfig:
     wandb_project: str = "vlmr"  # W&B project
     resume: bool = True  # continue from checkpoints/last.ckpt when it exists; false = start over
     save_merged: bool = False  # also write reward_model_merged/ with LoRA merged into full weights
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -210,7 +211,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     dm = ShardDataModule(cfg.data.dir, goals=cfg.model.goals, batch_size=cfg.data.batch_size,
-                         num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed)
+                         num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed,
+                         strict=cfg.strict)
     for split in ("train", "val"):
         split_shards(cfg.data.dir, split, dm.manifest)  # a missing split or shard fails here, not mid-training
     if last.is_file() and not cfg.resume:

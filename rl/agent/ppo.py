@@ -97,6 +97,7 @@ class PPOConfig:
     wandb_project: str = "vlmr"  # W&B project
     out_dir: str = "runs/rl/default"  # run folder: metrics.csv, run.json, result.json
     progress: bool = True  # show a progress bar
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
     def __post_init__(self):
         small = [k for k in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_every", "eval_episodes",
@@ -178,7 +179,8 @@ def shared_reward_cache(reward_model, size: int):
 
 def fingerprint(cfg: PPOConfig) -> str:
     """Identity of what a run computes: every setting except where and how it is logged."""
-    return config_fingerprint(cfg, drop=("out_dir", "logger", "wandb_project", "progress", "torch_threads"))
+    return config_fingerprint(cfg, drop=("out_dir", "logger", "wandb_project", "progress", "torch_threads",
+                                         "strict"))
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -24,7 +24,6 @@ import math
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from vlmr.core.config import (
 from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shard_name, write_manifest
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json, sha256_file
+from vlmr.core.quality import STRICT_HELP, quality_issue
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
@@ -75,6 +75,7 @@ class CollectConfig:
     shapes_max_objects: int = 3  # shapes: most objects per scene
     shapes_viewer_prob: float = 0.35  # shapes: share of viewer scenes ("right in front of you")
     overwrite: bool = False  # replace an existing dataset in out_dir (with --resume: only one of another config)
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
 def make_source(cfg: CollectConfig):
@@ -92,8 +93,8 @@ def validate(cfg: CollectConfig) -> None:
 
 
 def fingerprint(cfg: CollectConfig) -> str:
-    """What decides shard content: the config minus where it goes and whether to overwrite."""
-    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name"))
+    """What decides shard content: the config minus where it goes, whether to overwrite, and strictness."""
+    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict"))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -136,8 +137,8 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int) -> dict:
                 _QUEUE.put((pending, own_positives))
                 pending, own_positives = 0, 0
         else:
-            warnings.warn(f"{split} shard {index}: {EPISODE_STRIDE} episodes gave only {sink.samples} frames "
-                          f"(negative_keep={cfg.negative_keep} too low?)", stacklevel=1)
+            quality_issue(f"{split} shard {index}: {EPISODE_STRIDE} episodes gave only {sink.samples} frames "
+                          f"(negative_keep={cfg.negative_keep} too low?)", cfg.strict)
     stats = dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg))
     atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
     return stats
@@ -182,10 +183,7 @@ def _finished(out: Path, split: str, index: int, fp: str, strict: bool) -> dict 
         raise VlmrError(f"{out} was collected with a different config ({rec_path.name} differs); "
                         "collect into a new out_dir, or pass overwrite=true to replace it")
     if rec.get("sha256") != sha256_file(tar):
-        msg = f"shard {tar} does not match its progress record (corrupt or modified)"
-        if strict:
-            raise VlmrError(msg + "; rerun without --strict to rewrite it, or with overwrite=true")
-        warnings.warn(msg + "; rewriting it", stacklevel=2)
+        quality_issue(f"shard {tar} does not match its progress record (corrupt or modified); rewriting it", strict)
         return None
     return rec
 
@@ -243,7 +241,7 @@ def _run_tasks(cfg: CollectConfig, todo, workers: int, bar) -> list[dict]:
         return [r.get() for r in pending]
 
 
-def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1, strict: bool = False,
+def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
             progress: bool = True, stop_after: int | None = None) -> Path:
     """Collect the dataset described by `cfg`; returns its folder. `stop_after` (tests) stops after N shards."""
     from tqdm import tqdm
@@ -255,7 +253,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1, strict: 
     out = _prepare_out_dir(cfg, resume)
     fp = fingerprint(cfg)
     tasks = plan(cfg)
-    done = {(s, i): rec for s, i, _ in tasks if (rec := _finished(out, s, i, fp, strict))}
+    done = {(s, i): rec for s, i, _ in tasks if (rec := _finished(out, s, i, fp, cfg.strict))}
     todo = [t for t in tasks if (t[0], t[1]) not in done]
     if stop_after is not None:
         todo = todo[:stop_after]
@@ -310,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help="shortcut for configs/data/SOURCE.yaml (shapes, babyai_goto, ...)")
     parser.add_argument("--resume", action="store_true", help="continue after the last complete shard")
     parser.add_argument("--workers", type=int, default=1, help="parallel collection processes")
-    parser.add_argument("--strict", action="store_true", help="a corrupt shard is an error, not a warning")
+    parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides)
@@ -326,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             raise VlmrError(f"first argument {args.config!r} looks like an override; give the config file first")
     if args.workers < 1:
         raise VlmrError(f"--workers {args.workers}: need at least 1")
-    cfg = load_config(CollectConfig, path, overrides, kind="data")
-    collect(cfg, resume=args.resume, workers=args.workers, strict=args.strict, progress=not args.quiet)
+    cfg = load_config(CollectConfig, path, overrides + (["strict=true"] if args.strict else []), kind="data")
+    collect(cfg, resume=args.resume, workers=args.workers, progress=not args.quiet)
     return 0
 
 

@@ -68,6 +68,7 @@ class CompareConfig:
     # the report states a - b (final success, success AUC) with a CI; the only place arms are compared
     bootstrap_samples: int = 10000  # resamples for the confidence intervals
     ci: float = 0.95  # confidence level
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
     def __post_init__(self):
         if not self.ground_truth and not self.reward_models:
@@ -118,7 +119,7 @@ def goal_model_for(cfg: CompareConfig) -> str | None:
 
 def run_config(cfg: CompareConfig, arm: Arm, seed: int) -> PPOConfig:
     return dataclasses.replace(cfg.rl, reward_model=arm.reward_model, calibration=arm.calibration, seed=seed,
-                               goal_model=goal_model_for(cfg),
+                               goal_model=goal_model_for(cfg), strict=cfg.strict or cfg.rl.strict,
                                out_dir=str(Path(cfg.out_dir) / "runs" / arm.name / f"seed-{seed}"))
 
 

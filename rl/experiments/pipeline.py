@@ -69,6 +69,8 @@ class PipelineConfig:
     base_pretrained: str | None = None  # a base CLIP to start from instead of pretraining one on shapes: an
     # open_clip tag of `arch` ("openai", "laion2b_s34b_b79k") or a checkpoint file (e.g. another chain's
     # base); skips the shapes stages
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict
+    # mode'); passed to every stage
 
 
 STAGES = ("collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "control", "calibrate_zero_shot",
@@ -102,7 +104,7 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     manifest_sha = {k: sha256_file(v / "manifest.json") for k, v in data.items()}
     models = train_models(cfg, runner, data, manifest_sha, base_weights)
     cal_reports = calibrate_models(cfg, runner, models, data["domain"], manifest_sha["domain"])
-    eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"])
+    eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict)
     compare_report = run_compare(cfg, runner, run_dir, models) if cfg.compare is not None else None
 
     report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,

@@ -68,7 +68,8 @@ def collect_data(cfg: PipelineConfig, runner: StageRunner, shapes: bool) -> dict
     for key, section in sources:
         out = Path(cfg.data_dir) / f"{cfg.name}_{key}"
         size = (cfg.frame_size or cfg.image_size) if key == "domain" else cfg.image_size
-        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": size, "overwrite": True},
+        ccfg = stage_config(CollectConfig, section, {"out_dir": str(out), "image_size": size, "overwrite": True,
+                                                    "strict": cfg.strict},
                             f"collect_{key}")
 
         def body(ccfg=ccfg):
@@ -88,7 +89,7 @@ def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: S
     from vlmr.finetune.train import FinetuneConfig, finetune
 
     fcfg = stage_config(FinetuneConfig, section, {"name": f"{cfg.name}/{stage}", "output_dir": cfg.runs_dir,
-                                                  **wiring}, stage)
+                                                  "strict": cfg.strict, **wiring}, stage)
     rm_dir = Path(cfg.runs_dir) / cfg.name / stage / "reward_model"
     fingerprint = {"config": dataclasses.asdict(fcfg), "inputs": inputs}
     # resume only an interrupted attempt at this same stage config; a changed stage starts over
@@ -154,7 +155,7 @@ def calibrate_models(cfg: PipelineConfig, runner: StageRunner, models: dict[str,
     reports = {}
     for arm, rm_dir in models.items():
         kcfg = stage_config(CalibrateConfig, cfg.calibrate, {"reward_model": str(rm_dir), "data": str(domain),
-                                                             "out": None}, f"calibrate_{arm}")
+                                                             "out": None, "strict": cfg.strict}, f"calibrate_{arm}")
 
         def body(kcfg=kcfg):
             view, m = headline(calibrate(kcfg, progress=False)["metrics"]["macro"])
@@ -177,20 +178,21 @@ def _model_identities(models: dict[str, Path]) -> dict:
 
 
 def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path,
-                    domain_sha: str) -> Path:
+                    domain_sha: str, strict: bool = False) -> Path:
     """Offline A/B: every reward model on the domain's test split; returns the results.json path."""
     from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, evaluate, read_results
 
     eval_json = run_dir / "evaluate" / "results.json"
     cfg = EvaluateConfig(models=[EvaluatedModel(dir=str(d), calibration=str(d / "calibration.json"), name=arm)
-                                 for arm, d in models.items()], data=str(domain), split="test", out=str(eval_json))
+                                 for arm, d in models.items()], data=str(domain), split="test", out=str(eval_json),
+                         strict=strict)
 
     def body():
         res = evaluate(cfg, progress=False)
         heads = {m["name"]: headline(m["metrics"]["macro"]) for m in res["models"]}
         return ", ".join(f"{k} {view} AUROC {fmt(m.get('auroc'))}" for k, (view, m) in heads.items())
 
-    runner.run("evaluate", {**_model_identities(models), "domain": domain_sha}, lambda: read_results(eval_json), body)
+    runner.run("evaluate", {**_model_identities(models), "domain": domain_sha, "strict": strict}, lambda: read_results(eval_json), body)
     return eval_json
 
 
@@ -201,7 +203,7 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
 
     out = run_dir / "compare"
     arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
-    wiring = {"out_dir": str(out), "reward_models": arms}
+    wiring = {"out_dir": str(out), "reward_models": arms, "strict": cfg.strict}
     if cfg.frame_size:  # the agents' reward sees frames drawn the way the domain data was
         wiring["rl"] = {"image_size": cfg.frame_size}
     ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")

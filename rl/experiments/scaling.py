@@ -41,6 +41,7 @@ class ScalingConfig:
     models: list[ScalingModel]  # sizes to compare, smallest first
     set: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of that pipeline config, every model
     runs_dir: str = "runs"  # parent folder of the chains and the study
+    strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
 def chain_config(cfg: ScalingConfig, model: ScalingModel):
@@ -48,7 +49,7 @@ def chain_config(cfg: ScalingConfig, model: ScalingModel):
     from vlmr.rl.experiments.stage_runner import StageSection, stage_config
 
     wiring = {"name": f"{cfg.name}_{model.arch}", "arch": model.arch, "image_size": model.image_size,
-              "frame_size": model.frame_size, "runs_dir": cfg.runs_dir}
+              "frame_size": model.frame_size, "runs_dir": cfg.runs_dir, "strict": cfg.strict}
     return stage_config(PipelineConfig, StageSection(config=cfg.pipeline, set=cfg.set), wiring,
                         f"scaling model {model.arch}")
 

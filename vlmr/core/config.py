@@ -183,10 +183,16 @@ def stage_main(argv, cls: type[T], run, prog: str, description: str, extra_args=
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML config file, or a shipped config's name (`vlmr configs` lists them)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, nested keys with dots (model.arch=vlmr-tiny)")
+    has_strict = "strict" in {f.name for f in dataclasses.fields(cls)}
+    if has_strict:
+        from vlmr.core.quality import STRICT_HELP
+
+        parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
     if extra_args:
         extra_args(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(cls, args.config, args.overrides, kind=kind)
-    extras = {k: v for k, v in vars(args).items() if k not in ("config", "overrides")}
+    overrides = list(args.overrides) + (["strict=true"] if has_strict and args.strict else [])
+    cfg = load_config(cls, args.config, overrides, kind=kind)
+    extras = {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "strict")}
     run(cfg, **extras)
     return 0

@@ -29,7 +29,6 @@ import dataclasses
 import io
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json, sha256_file
+from vlmr.core.quality import quality_issue
 
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -82,11 +82,9 @@ class SkipCounter:
         self.messages: list[str] = []
 
     def __call__(self, exn: Exception) -> bool:
-        if self.strict:
-            raise VlmrError(f"corrupt data ({type(exn).__name__}: {exn}); rerun without --strict to skip it") from exn
+        quality_issue(f"corrupt data: {type(exn).__name__}: {str(exn)[:200]}; skipping it", self.strict)
         self.skipped += 1
         self.messages.append(str(exn))
-        warnings.warn(f"skipping corrupt data: {type(exn).__name__}: {str(exn)[:200]}", stacklevel=2)
         return True
 
 
