@@ -34,7 +34,7 @@ from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text
-from vlmr.core.metrics import METRICS
+from vlmr.core.metrics import METRICS, pooled_count_metrics
 from vlmr.core.quality import quality_issue
 from vlmr.core.reporting import fmt
 
@@ -49,6 +49,8 @@ class CalibrateConfig:
     eval_split: str = "test"  # held-out split every reported metric is computed on; must differ from fit_split
     criterion: Literal["precision_at", "max_f1", "fbeta"] = "precision_at"  # how each goal's threshold is chosen
     target_precision: float = 0.95  # precision_at: precision the threshold must reach on fit_split, in (0, 1]
+    confidence: float | None = 0.9  # precision_at: the target holds with this probability (exact Clopper-Pearson
+    # bound, fixed-sequence scan; docs/DESIGN.md); null = today's point estimate on fit_split
     f_beta: float = 1.0  # fbeta criterion: F-beta's beta, > 1 favours recall (not the reward threshold beta_g)
     min_positives: int = 10  # goals with fewer positives in fit_split get the shared fallback values
     temperature_min: float = 0.001  # lower bound of the temperature search
@@ -71,6 +73,9 @@ class CalibrateConfig:
                              "that was not fitted (e.g. fit_split=val eval_split=test)")
         if not 0.0 < self.target_precision <= 1.0:
             raise ValueError(f"target_precision must be in (0, 1], got {self.target_precision}")
+        if self.confidence is not None and not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1) (e.g. 0.9), or null for the point estimate; "
+                             f"got {self.confidence}")
         if self.f_beta <= 0:
             raise ValueError(f"f_beta must be > 0, got {self.f_beta}")
         if self.min_positives < 1:
@@ -102,9 +107,31 @@ def _criterion_entry(crit: ThresholdCriterion) -> dict:
     entry = {"name": crit.name, "description": crit.describe()}
     if crit.name == "precision_at":
         entry["target_precision"] = crit.target_precision
+        entry["confidence"] = crit.confidence
     if crit.name == "fbeta":
         entry["beta"] = crit.beta
     return entry
+
+
+GUARANTEE_KEYS = ("guaranteed", "precision_bound", "best_bound", "more_predicted_needed", "scan_stopped_at",
+                  "pooled_guaranteed")
+
+
+def guarantee_summary(goals: dict[str, dict]) -> dict | None:
+    """How many goals hold a guaranteed threshold, and the test precision pooled over just those goals."""
+    if all(e.get("guaranteed") is None for e in goals.values()):
+        return None  # a point-estimate criterion: nothing was claimed
+    ok = [g for g, e in goals.items() if e.get("guaranteed")]
+    out = {"guaranteed_goals": ok, "guaranteed": len(ok), "goals": len(goals), "share": round(len(ok) / len(goals), 6)}
+    for key, view in (("test_all_frames", "test"), ("test_own_goal", "test_own")):
+        counts = [goals[g][view] for g in ok if goals[g].get(view) and "tp" in goals[g][view]]
+        pooled = pooled_count_metrics(counts) if counts else None
+        out[key] = pooled and {k: _round(v) for k, v in pooled.items()}
+    return out
+
+
+def _round(v):
+    return round(v, 6) if isinstance(v, float) else v
 
 
 def _view(m: dict | None) -> dict | None:
@@ -120,6 +147,7 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest) -> dict:
         goals[goal] = {
             "temperature": fit.temperatures[g], "threshold": fit.thresholds[g], "criterion": crit.name,
             "fallback": e["fallback"], "fallback_reason": e["fallback_reason"], "target_met": e["target_met"],
+            **{k: _round(e[k]) for k in GUARANTEE_KEYS if k in e},
             "fit": {"positives": e["positives"], "negatives": e["negatives"], "nll": round(e["nll"], 6),
                     "temperature_at_bound": e["at_bound"], "best_precision": round(e["best_precision"], 6),
                     "precision": None if e["val_precision"] is None else round(e["val_precision"], 6),
@@ -131,6 +159,7 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest) -> dict:
               for k, v in fit.shared.items()}
     return {
         "goals": goals,
+        "guarantee": guarantee_summary(goals),
         "criterion": _criterion_entry(crit),
         "fit": {"split": cfg.fit_split, "frames": int(val.labels.shape[0]), "min_positives": cfg.min_positives,
                 "temperature_bounds": [cfg.temperature_min, cfg.temperature_max], "shared": shared,
@@ -165,7 +194,8 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     if int(val.labels.sum()) == 0:
         raise VlmrError(f"split {cfg.fit_split!r} of {cfg.data} has no positive label for any goal: there is nothing "
                         "to fit a threshold to. Collect data in which goals are reached.")
-    crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta)
+    crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta,
+                              cfg.confidence if cfg.criterion == "precision_at" else None)
     fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
                           goal_names=rm.goals, strict=cfg.strict)
     test = score_split(rm, cfg.data, cfg.eval_split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)

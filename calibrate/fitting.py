@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from vlmr.calibrate.guarantee import GuaranteedChoice, guaranteed_threshold
 
 from vlmr.core.metrics import count_metrics
 from vlmr.core.quality import QualityWarning, quality_issue
@@ -150,8 +151,13 @@ class ThresholdCriterion:
     name: Criterion = "precision_at"
     target_precision: float = 0.95
     beta: float = 1.0  # F-beta's beta (used by fbeta; max_f1 is beta = 1)
+    confidence: float | None = None  # precision_at: the precision holds with this probability (calibrate/
+    # guarantee.py); None = the point estimate (empirical precision on the fitting data)
 
     def describe(self) -> str:
+        if self.name == "precision_at" and self.confidence is not None:
+            return (f"largest recall whose precision >= {self.target_precision:g} holds with confidence "
+                    f"{self.confidence:g} (Clopper-Pearson, fixed-sequence scan)")
         if self.name == "precision_at":
             return f"largest recall with precision >= {self.target_precision:g}"
         if self.name == "fbeta":
@@ -166,6 +172,7 @@ class ThresholdChoice:
     recall: float
     target_met: bool | None  # precision_at only: whether the target precision was reachable
     best_precision: float  # the highest precision any threshold reaches on this data
+    guarantee: GuaranteedChoice | None = None  # precision_at with a confidence: the bound scan's outcome
 
 
 def pr_curve(probs: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,7 +208,29 @@ def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, criterion: Thres
         score = np.where(denom > 0, (1 + b2) * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
     top = score.max()
     i = int(np.flatnonzero(score >= top - 1e-12)[-1])  # thresholds ascend: last index = highest threshold
-    return ThresholdChoice(float(thresholds[i]), float(precision[i]), float(recall[i]), target_met, best_precision)
+    point = ThresholdChoice(float(thresholds[i]), float(precision[i]), float(recall[i]), target_met, best_precision)
+    if criterion.name != "precision_at" or criterion.confidence is None:
+        return point
+    # with a confidence, the threshold is the bound scan's; without a guarantee, the point estimate stays
+    # (marked guaranteed: false) rather than a threshold that would reward nothing
+    g = guaranteed_threshold(probs.numpy(), labels.numpy(), criterion.target_precision, criterion.confidence)
+    if not g.guaranteed:
+        return dataclasses.replace(point, guarantee=g)
+    counts = count_metrics((probs >= g.threshold).numpy(), (labels > 0).numpy())
+    return ThresholdChoice(g.threshold, counts["precision"], counts["recall"], target_met, best_precision, g)
+
+
+def guarantee_fields(choice: ThresholdChoice, fallback: bool = False) -> dict:
+    """calibration.json's guarantee fields for a threshold; `guaranteed` is None when no confidence was asked."""
+    g = choice.guarantee
+    if g is None and choice.target_met is None:  # max_f1 / fbeta: no precision target to guarantee
+        return {"guaranteed": None}
+    if g is None:  # a point estimate: nothing is guaranteed, nothing is claimed
+        return {"guaranteed": None}
+    if fallback:  # the pooled bound covers all goals together, not this one
+        return {"guaranteed": False, "precision_bound": None, "pooled_guaranteed": g.guaranteed}
+    return {"guaranteed": g.guaranteed, "precision_bound": g.bound, "best_bound": g.best_bound,
+            "more_predicted_needed": g.more_predicted_needed, "scan_stopped_at": g.stopped_at}
 
 
 # ---------------------------------------------------------------------------- everything together
@@ -233,7 +262,7 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     if int(labels.sum()) == 0:
         raise ValueError("no positive labels for any goal: nothing to fit a threshold to")
     notes: list[str] = []  # one line per goal and problem, for the file and the report
-    grouped: dict[str, list[str]] = {"fallback": [], "target": [], "bound": []}  # one warning per kind
+    grouped: dict[str, list[str]] = {"fallback": [], "target": [], "guarantee": [], "bound": []}  # a warning each
 
     def warn(kind, goal, msg, short):
         notes.append(f"goal {goal!r}: {msg}")
@@ -249,7 +278,8 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     shared_choice = choose_threshold(shared_probs, labels.reshape(-1), criterion)
     shared = {"temperature": shared_tau, "threshold": shared_choice.threshold, "how": "pooled fit over all goals",
               "nll": shared_nll, "at_bound": bound_hit(shared_tau), "target_met": shared_choice.target_met,
-              "val_precision": shared_choice.precision, "val_recall": shared_choice.recall}
+              "val_precision": shared_choice.precision, "val_recall": shared_choice.recall,
+              **guarantee_fields(shared_choice)}
 
     temps, goals = [], []
     for g in range(num_goals):
@@ -284,10 +314,22 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
             choice = shared_choice
             # the shared threshold, measured on this goal's own fitting data (None where undefined there)
             counts = count_metrics((probs[:, g] >= choice.threshold).numpy(), (labels[:, g] > 0).numpy())
-            entry.update(val_precision=counts["precision"], val_recall=counts["recall"], target_met=choice.target_met)
+            # the pooled fit's target or guarantee says nothing certain about this goal
+            entry.update(val_precision=counts["precision"], val_recall=counts["recall"], target_met=None,
+                         **guarantee_fields(choice, fallback=True))
         else:
             choice = choose_threshold(probs[:, g], labels[:, g], criterion)
-            entry.update(val_precision=choice.precision, val_recall=choice.recall, target_met=choice.target_met)
+            entry.update(val_precision=choice.precision, val_recall=choice.recall, target_met=choice.target_met,
+                         **guarantee_fields(choice))
+            if entry["guaranteed"] is False:
+                g_ = choice.guarantee
+                need = (f"{g_.more_predicted_needed} more predicted positives at its observed precision"
+                        if g_.more_predicted_needed is not None else "a better model: its observed precision is "
+                        "at or below the target")
+                warn("guarantee", names[g], f"no threshold's {criterion.confidence:g}-confidence lower bound on "
+                     f"precision reaches {criterion.target_precision:g} (best bound {g_.best_bound:.3f}; it needs "
+                     f"{need}); the point-estimate threshold {choice.threshold:.4g} is used, marked "
+                     "guaranteed: false", f"best bound {g_.best_bound:.3f}")
             if choice.target_met is False:
                 warn("target", names[g], f"target precision {criterion.target_precision:g} is not reachable on "
                      f"the fitting data; the best achievable is {choice.best_precision:.4f}, so the threshold "
@@ -305,6 +347,8 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
                             "at best)"),
              "target": f"target precision {criterion.target_precision:g} is not reachable on the fitting data; "
                        "each uses the threshold that reaches its best achievable precision (target_met: false)",
+             "guarantee": f"no threshold with a guaranteed precision of {criterion.target_precision:g} at confidence "
+                          f"{criterion.confidence}; each uses the point estimate, marked guaranteed: false",
              "bound": f"fitted temperature at a bound of [{tau_min:g}, {tau_max:g}]"}
     for kind, items in grouped.items():
         if items:

@@ -39,6 +39,55 @@ def _own(m: dict | None) -> str:
     return f"{fmt(m['precision'], 2)} / {fmt(m['recall'], 2)} ({m['positives']} / {m['negatives']})"
 
 
+def _guarantee_lines(summary: dict, crit: dict) -> list[str]:
+    own, every = summary.get("test_own_goal") or {}, summary.get("test_all_frames") or {}
+    return [
+        "## Guarantee",
+        "",
+        f"{summary['guaranteed']} of {summary['goals']} goals ({summary['share']:.0%}) hold a threshold whose precision "
+        f">= {crit['target_precision']:g} is guaranteed with confidence {crit['confidence']:g} on the fitting split. "
+        f"Test precision pooled over those goals: own-goal {fmt(own.get('precision'))} "
+        f"({own.get('tp', 0)} of {own.get('tp', 0) + own.get('fp', 0)} rewarded frames correct), all frames "
+        f"{fmt(every.get('precision'))}. The other goals use the point estimate or the pooled fallback and claim "
+        "nothing; a binary reward warns about them at load.",
+        "",
+    ]
+
+
+def _goal_table(title: str, goals: dict[str, dict]) -> list[str]:
+    lines = [f"## {title}", ""]
+    if not goals:
+        return lines + ["None.", ""]
+    lines += [
+        "Test split, every frame scored for the goal; last column: only its own episodes' frames. Bound: the lower "
+        "confidence bound on precision at the threshold (fit split); for goals without a guarantee, the best bound "
+        "any threshold reaches and the predicted positives it would still need.",
+        "",
+        "| goal | temperature | threshold | fallback | target met | bound | positives | negatives | precision | "
+        "recall | F1 | AUROC | AP | ECE | own-goal P / R (pos / neg) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for goal, e in goals.items():
+        t = e["test"]
+        met = NA if e["target_met"] is None else ("yes" if e["target_met"] else "**no**")
+        lines.append(f"| {_cell(goal)} | {e['temperature']:.4g} | {e['threshold']:.4g} | "
+                     f"{'yes' if e['fallback'] else 'no'} | {met} | {_bound(e)} | {t['positives']} | {t['negatives']} | "
+                     f"{fmt(t['precision'])} | {fmt(t['recall'])} | {fmt(t['f1'])} | {before_after(t, 'auroc')} | "
+                     f"{before_after(t, 'ap')} | {before_after(t, 'ece')} | {_own(e.get('test_own'))} |")
+    return lines + [""]
+
+
+def _bound(e: dict) -> str:
+    if e.get("guaranteed"):
+        return fmt(e.get("precision_bound"))
+    if e.get("fallback"):
+        return "none (pooled fit)" if e.get("guaranteed") is not None else NA
+    if e.get("best_bound") is None:
+        return NA
+    need = e.get("more_predicted_needed")
+    return f"best {fmt(e['best_bound'])}, " + ("precision too low" if need is None else f"+{need} needed")
+
+
 def calibration_report(cal: dict, plots: list[str]) -> str:
     fit, metrics, crit = cal["fit"], cal["metrics"], cal["criterion"]
     shared = fit["shared"]
@@ -73,20 +122,15 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         "",
     ]
     lines += [f"_{n}_" for n in metrics.get("notes", [])]
-    lines += [
-        "## Per goal (test split, every frame scored for the goal; last column: only its own episodes' frames)",
-        "",
-        "| goal | temperature | threshold | fallback | target met | positives | negatives | precision | recall | F1 "
-        "| AUROC | AP | ECE | own-goal P / R (pos / neg) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for goal, e in cal["goals"].items():
-        t = e["test"]
-        met = "-" if e["target_met"] is None else ("yes" if e["target_met"] else "**no**")
-        lines.append(f"| {_cell(goal)} | {e['temperature']:.4g} | {e['threshold']:.4g} | "
-                     f"{'yes' if e['fallback'] else 'no'} | {met} | {t['positives']} | {t['negatives']} | "
-                     f"{fmt(t['precision'])} | {fmt(t['recall'])} | {fmt(t['f1'])} | {before_after(t, 'auroc')} | "
-                     f"{before_after(t, 'ap')} | {before_after(t, 'ece')} | {_own(e.get('test_own'))} |")
+    summary = cal.get("guarantee")
+    if summary is None:
+        lines += _goal_table("Per goal", cal["goals"])
+    else:
+        lines += _guarantee_lines(summary, crit)
+        ok = {g: e for g, e in cal["goals"].items() if e.get("guaranteed")}
+        lines += _goal_table("Goals with a guaranteed threshold", ok)
+        lines += _goal_table("Goals without a guarantee (fallback, or no bound reaches the target)",
+                             {g: e for g, e in cal["goals"].items() if g not in ok})
     undefined = sorted({n for e in cal["goals"].values() for n in e["test"]["notes"]})
     if undefined:
         lines += ["", "Notes on the per-goal figures:", *[f"- {n}" for n in undefined]]

@@ -35,6 +35,7 @@ from vlmr.core.calibration_file import read_calibration
 from vlmr.core.config import build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_dir, canonical_json, read_json, sha256_file, sha256_text
+from vlmr.core.quality import quality_issue
 
 REWARD_MODEL_VERSION = 1
 SPEC_FILE = "reward_model.json"
@@ -147,8 +148,12 @@ class RewardModel(nn.Module):
         return cls(clip, tokenizer, spec, Path(pretrained) if sha else None, device=device)
 
     @classmethod
-    def load(cls, path: str | Path, calibration: str | Path | None = None, device="cpu", merge_lora: bool = True):
-        """Load a reward-model directory; the adapter (if any) is merged into the weights for fast inference."""
+    def load(cls, path: str | Path, calibration: str | Path | None = None, device="cpu", merge_lora: bool = True,
+             strict: bool = False):
+        """Load a reward-model directory; the adapter (if any) is merged into the weights for fast inference.
+
+        strict: a calibration whose binary reward has goals without a guaranteed threshold is an error.
+        """
         from peft import PeftModel
 
         path = Path(path)
@@ -176,7 +181,7 @@ class RewardModel(nn.Module):
             clip.eval()
         model = cls(clip, tokenizer, spec, ckpt, adapter_sha, device)
         if calibration is not None:
-            model.load_calibration(calibration)
+            model.load_calibration(calibration, strict=strict)
         return model
 
     def save(self, path: str | Path, full_weights: bool = False) -> Path:
@@ -213,9 +218,17 @@ class RewardModel(nn.Module):
         self.temperatures.copy_(torch.as_tensor(temperatures, dtype=torch.float32))
         self.thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
-    def load_calibration(self, path: str | Path) -> None:
+    def load_calibration(self, path: str | Path, strict: bool = False) -> None:
         data = read_calibration(path, model_id=self.model_id, goals=self.spec.goals)
         entries = data["goals"]
+        weak = [g for g in self.spec.goals if entries[g].get("guaranteed") is False]
+        if weak and self.spec.reward_mode == "binary":  # a 0/1 reward is only as good as its threshold
+            crit = data.get("criterion", {})
+            quality_issue(f"calibration {path}: {len(weak)} of {len(self.spec.goals)} goals have no threshold with a "
+                          f"guaranteed precision of {crit.get('target_precision')} (confidence {crit.get('confidence')}"
+                          f"): {', '.join(repr(g) for g in weak[:5])}{' ...' if len(weak) > 5 else ''}. Their binary "
+                          "reward may pay for wrong frames; collect more val positives and recalibrate (its report "
+                          "says how many each goal needs)", strict)
         self.set_calibration([entries[g]["temperature"] for g in self.spec.goals],
                              [entries[g]["threshold"] for g in self.spec.goals])
         self.calibration = data

@@ -58,7 +58,8 @@ def test_calibration_file_is_valid_and_complete(calibrated, babyai_dataset):
     for goal, e in data["goals"].items():
         assert e["temperature"] > 0 and 0 <= e["threshold"] <= 1 and e["criterion"] == "precision_at"
         assert e["fallback"] is (val_pos.get(goal, 0) < cfg.min_positives), goal
-        if e["fallback"]:
+        if e["fallback"]:  # the pooled fit claims nothing for a goal it could not fit
+            assert e["target_met"] is None and e["guaranteed"] is False
             assert e["temperature"] == data["fit"]["shared"]["temperature"]
             assert e["threshold"] == data["fit"]["shared"]["threshold"]
         t = e["test"]
@@ -74,7 +75,8 @@ def test_calibration_file_is_valid_and_complete(calibrated, babyai_dataset):
     assert m["pooled"]["positives"] + m["pooled"]["negatives"] == m["frames"] * len(rm.goals)
     assert set(m["macro"]) == {"pooled", "own_goal"} and m["macro"]["own_goal"]["ece_before"] is not None
     assert data["criterion"] == {"name": "precision_at", "target_precision": 0.95,
-                                 "description": "largest recall with precision >= 0.95"}
+                                 "description": "largest recall whose precision >= 0.95 holds with confidence 0.9 "
+                                                "(Clopper-Pearson, fixed-sequence scan)", "confidence": 0.9}
 
 
 def cfg_path(cfg):

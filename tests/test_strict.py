@@ -55,3 +55,27 @@ def test_calibration_fallback_is_an_error_under_strict():
     assert fit.goals[1]["fallback"]
     with pytest.raises(StrictModeError, match="fallback"):
         fit_calibration(sims, labels, crit, min_positives=10, strict=True)
+
+
+def test_binary_reward_with_unguaranteed_goals_warns_at_load_and_strict_refuses(tmp_path):
+    import torch
+    from model_fixtures import GOALS
+    from vlmr.finetune.reward_model import RewardModel
+
+    from vlmr.core.calibration_file import write_calibration
+
+    torch.manual_seed(0)
+    rm = RewardModel.create("vlmr-tiny", GOALS, negatives=["an empty room"])
+    rm.save(tmp_path / "rm")
+    entries = {g: {"temperature": 0.05, "threshold": 0.5, "guaranteed": i != 1} for i, g in enumerate(GOALS)}
+    write_calibration(tmp_path / "cal.json", rm.model_id, entries,
+                      criterion={"name": "precision_at", "target_precision": 0.95, "confidence": 0.9})
+    with pytest.warns(QualityWarning, match=r"1 of 3 goals have no threshold with a guaranteed precision.*blue key"):
+        RewardModel.load(tmp_path / "rm", calibration=tmp_path / "cal.json")
+    with pytest.raises(StrictModeError, match="blue key"):
+        RewardModel.load(tmp_path / "rm", calibration=tmp_path / "cal.json", strict=True)
+    entries[GOALS[1]]["guaranteed"] = True
+    write_calibration(tmp_path / "cal.json", rm.model_id, entries)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QualityWarning)
+        RewardModel.load(tmp_path / "rm", calibration=tmp_path / "cal.json", strict=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmr.core.errors import VlmrError
+from vlmr.core.quality import STRICT_HELP
 from vlmr.finetune.models import register_model_configs
 
 COMMON_ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-SO400M-14-SigLIP")
@@ -98,11 +99,12 @@ def score_main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, help="score at most this many frames")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
     parser.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or webdataset shards (.tar)")
     args = parser.parse_args(argv)
 
     if args.model:
-        rm = RewardModel.load(args.model, calibration=args.calibration)
+        rm = RewardModel.load(args.model, calibration=args.calibration, strict=args.strict)
     else:
         if not args.goal:
             raise VlmrError("--arch needs at least one --goal")

@@ -204,7 +204,8 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
 
     reward_model = None
     if cfg.reward_model:
-        reward_model = RewardModel.load(cfg.reward_model, calibration=cfg.calibration, device=device)
+        reward_model = RewardModel.load(cfg.reward_model, calibration=cfg.calibration, device=device,
+                                       strict=cfg.strict)
         known = env_goal_set(cfg.env_id, cfg.env_kwargs)
         missing = sorted(set(known or []) - set(reward_model.goals))
         if missing:
