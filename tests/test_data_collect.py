@@ -242,3 +242,45 @@ def test_sigkill_then_resume(tmp_path):
     for split, n in (("train", 3000), ("val", 200), ("test", 200)):
         k = keys(out, split)
         assert len(k) == len(set(k)) == m["splits"][split]["samples"] == n
+
+
+def coverage_cfg(out, **kw) -> CollectConfig:
+    base = dict(name="cov", source="babyai", env_id="BabyAI-GoToObj-v0", out_dir=str(out), image_size=64,
+                frames=SplitFrames(train=60, val=60, test=60), shard_size=30, min_positives_per_split=4,
+                max_topup_ratio=10.0)
+    return CollectConfig(**{**base, **kw})
+
+
+def test_top_ups_give_every_goal_its_positives_in_every_split_and_resume_exactly(tmp_path):
+    from vlmr.rl.envs.babyai import goal_set
+
+    out = collect(coverage_cfg(tmp_path / "d"), progress=False)
+    m = read_manifest(out)
+    assert m["goals"] == goal_set("BabyAI-GoToObj-v0") and m["dropped_goals"] == {}
+    for split, entry in m["splits"].items():
+        assert len(entry["shards"]) > 2  # the 2 planned shards could not cover 18 goals: top-ups did
+        assert min(entry["positives"].get(g, 0) for g in m["goals"]) >= 4, split
+    arrays = load_split_arrays(out, "val", goals=m["goals"])
+    assert (arrays.labels.sum(0) >= 4).all()  # the counts are the frames' own labels
+    seeds = {s: {x["meta"]["env_seed"] for x in iter_split(out, s)} for s in ("train", "val", "test")}
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["val"] & seeds["test"])
+    # a rerun keeps every shard, top-ups included; fewer top-ups drop the stale ones
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    collect(coverage_cfg(tmp_path / "d"), resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    collect(coverage_cfg(tmp_path / "d", min_positives_per_split=0), resume=True, progress=False)
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"{s}-00000{i}.tar" for s in ("test", "train", "val")
+                                                         for i in (0, 1)]
+
+
+def test_a_goal_that_cannot_be_covered_is_dropped_or_stops_strict_collection(tmp_path):
+    cfg = coverage_cfg(tmp_path / "d", max_topup_ratio=6.0)  # about half the goals get covered
+    with pytest.warns(UserWarning, match=r"goal\(s\) dropped from the goal set"):
+        out = collect(cfg, progress=False)
+    m = read_manifest(out)
+    assert m["dropped_goals"] and not set(m["dropped_goals"]) & set(m["goals"])
+    assert all("min_positives_per_split 4" in why for why in m["dropped_goals"].values())
+    with pytest.raises(VlmrError, match="dropped from the goal set"):
+        collect(dataclasses.replace(cfg, strict=True, overwrite=True), progress=False)
+    with pytest.raises(VlmrError, match="no goal reaches min_positives_per_split=500"):
+        collect(dataclasses.replace(cfg, min_positives_per_split=500, overwrite=True), progress=False)

@@ -41,6 +41,7 @@ from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shar
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json, sha256_file
 from vlmr.core.quality import STRICT_HELP, quality_issue
+from vlmr.rl.collect.coverage import RENDER_BUDGET, coverage_notes, topup_tasks
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
@@ -75,6 +76,9 @@ class CollectConfig:
     shapes_max_objects: int = 3  # shapes: most objects per scene
     shapes_viewer_prob: float = 0.35  # shapes: share of viewer scenes ("right in front of you")
     overwrite: bool = False  # replace an existing dataset in out_dir (with --resume: only one of another config)
+    min_positives_per_split: int = 0  # every goal gets at least this many positive frames in each split: top-up
+    # shards aim episodes at short goals (rl/collect/coverage.py); a goal that cannot is dropped from the set
+    max_topup_ratio: float = 1.0  # top-up frames per split at most this multiple of the split's planned frames
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
@@ -90,11 +94,19 @@ def validate(cfg: CollectConfig) -> None:
         raise VlmrError(f"negative_keep={cfg.negative_keep} must be in (0, 1]")
     if cfg.frames.train < 1 or cfg.frames.val < 0 or cfg.frames.test < 0:
         raise VlmrError(f"frames={cfg.frames} must be positive (train >= 1)")
+    if cfg.min_positives_per_split < 0 or cfg.max_topup_ratio < 0:
+        raise VlmrError(f"min_positives_per_split={cfg.min_positives_per_split} and max_topup_ratio="
+                        f"{cfg.max_topup_ratio} must be >= 0")
 
 
 def fingerprint(cfg: CollectConfig) -> str:
-    """What decides shard content: the config minus where it goes, whether to overwrite, and strictness."""
-    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict"))
+    """What decides shard content: the config minus where it goes, whether to overwrite, and strictness.
+
+    The top-up settings are left out too: they decide which top-up shards exist, and each top-up shard's
+    record holds its focus and size, so a changed setting rewrites just the top-ups it changes.
+    """
+    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
+                                         "max_topup_ratio"))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -107,31 +119,49 @@ def _init_worker(queue) -> None:
     _QUEUE = queue
 
 
-def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int) -> dict:
-    """Write shard `index` of `split` with `nframes` frames; return its stats (also saved as a progress record)."""
+def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, ...] | None, limit: int):
+    """The kept (key, frame, meta, own-goal positive) of one episode; with a focus, only an episode that reaches one."""
+    keep_rng = np.random.default_rng([env_seed, 7])
+    steps = source.episode(env_seed, focus=focus) if focus and getattr(source, "aims", False) else \
+        source.episode(env_seed)
+    kept, rendered, reached = [], 0, not focus
+    for step, (frame, m) in enumerate(steps):
+        rendered += 1
+        labels, mission = m["labels"], m["mission"]
+        positive = labels.get(mission, 0) if mission in labels else int(any(labels.values()))
+        reached = reached or any(labels.get(g) for g in focus)
+        if not positive and cfg.negative_keep < 1.0 and keep_rng.random() >= cfg.negative_keep:
+            continue
+        meta = {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step,
+                "mission": mission, "labels": labels, "captions": m["captions"]}
+        kept.append((sample_key(episode, step), frame, meta, int(positive)))
+        if not focus and len(kept) >= limit:  # the shard is full: the rest of the episode is never rendered
+            break
+    return (kept if reached else []), rendered
+
+
+def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int, focus: tuple[str, ...] | None = None
+                  ) -> dict:
+    """Write shard `index` of `split` with `nframes` frames; return its stats (also saved as a progress record).
+
+    focus: a top-up shard (rl/collect/coverage.py) keeps only episodes that reach one of these goals.
+    """
     cfg = build_config(CollectConfig, cfg_dict)
     source = make_source(cfg)
     out = Path(cfg.out_dir)
-    own_positives, pending = 0, 0
+    own_positives, pending, rendered = 0, 0, 0
     with ShardSink(out, split, index) as sink:
         for j in range(EPISODE_STRIDE):
-            if sink.samples >= nframes:
+            if sink.samples >= nframes or (focus and rendered >= RENDER_BUDGET * nframes):
                 break
             episode = index * EPISODE_STRIDE + j
             env_seed = cfg.seed + SPLIT_SEED_OFFSET[split] + episode
-            keep_rng = np.random.default_rng([env_seed, 7])
             before = sink.samples
-            for step, (frame, m) in enumerate(source.episode(env_seed)):
-                labels, mission = m["labels"], m["mission"]
-                positive = labels.get(mission, 0) if mission in labels else int(any(labels.values()))
-                if not positive and cfg.negative_keep < 1.0 and keep_rng.random() >= cfg.negative_keep:
-                    continue
-                meta = {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step,
-                        "mission": mission, "labels": labels, "captions": m["captions"]}
-                sink.write(sample_key(episode, step), frame, meta)
-                own_positives += int(positive)
-                if sink.samples >= nframes:
-                    break
+            kept, n = _episode_frames(cfg, source, env_seed, episode, focus, nframes - sink.samples)
+            rendered += n
+            for key, frame, meta, positive in kept[:nframes - sink.samples]:
+                sink.write(key, frame, meta)
+                own_positives += positive
             pending += sink.samples - before
             if _QUEUE is not None and (pending >= 50 or sink.samples >= nframes):
                 _QUEUE.put((pending, own_positives))
@@ -139,7 +169,8 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int) -> dict:
         else:
             quality_issue(f"{split} shard {index}: {EPISODE_STRIDE} episodes gave only {sink.samples} frames "
                           f"(negative_keep={cfg.negative_keep} too low?)", cfg.strict)
-    stats = dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg))
+    stats = dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg), frames_asked=nframes,
+                 focus=list(focus) if focus else None)
     atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
     return stats
 
@@ -170,7 +201,8 @@ def plan(cfg: CollectConfig) -> list[tuple[str, int, int]]:
     return tasks
 
 
-def _finished(out: Path, split: str, index: int, fp: str, strict: bool) -> dict | None:
+def _finished(out: Path, split: str, index: int, fp: str, strict: bool, nframes: int | None = None,
+              focus: tuple[str, ...] | None = None) -> dict | None:
     """The progress record of a complete shard, or None when the shard must be (re)written."""
     rec_path, tar = out / PROGRESS_DIR / f"{split}-{index:06d}.json", out / shard_name(split, index)
     if not rec_path.is_file() or not tar.is_file():
@@ -182,10 +214,21 @@ def _finished(out: Path, split: str, index: int, fp: str, strict: bool) -> dict 
     if rec.get("fingerprint") != fp:
         raise VlmrError(f"{out} was collected with a different config ({rec_path.name} differs); "
                         "collect into a new out_dir, or pass overwrite=true to replace it")
+    if focus and (tuple(rec.get("focus") or ()) != focus or rec.get("frames_asked") != nframes):
+        return None  # a top-up shard aimed at other goals (the top-up settings changed): rewrite it
     if rec.get("sha256") != sha256_file(tar):
         quality_issue(f"shard {tar} does not match its progress record (corrupt or modified); rewriting it", strict)
         return None
     return rec
+
+
+def _remove_stale_shards(out: Path, done: dict) -> None:
+    """Top-up shards of an earlier run with other top-up settings that this run no longer uses."""
+    for rec_path in (out / PROGRESS_DIR).glob("*.json"):
+        split, _, index = rec_path.stem.rpartition("-")
+        if (split, int(index)) not in done:
+            (out / shard_name(split, int(index))).unlink(missing_ok=True)
+            rec_path.unlink()
 
 
 def _record_fingerprint(path: Path) -> str | None:
@@ -222,7 +265,7 @@ def _run_tasks(cfg: CollectConfig, todo, workers: int, bar) -> list[dict]:
     if workers <= 1:
         _init_worker(_BarFeed(bar))
         try:
-            return [collect_shard(cfg_dict, split, index, n) for split, index, n in todo]
+            return [collect_shard(cfg_dict, *task) for task in todo]
         finally:
             _init_worker(None)
     import multiprocessing as mp
@@ -265,14 +308,36 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
     with bar:
         for rec in _run_tasks(cfg, todo, max(1, workers), bar):
             done[(rec["split"], rec["index"])] = rec
+        if stop_after is not None and len(done) < len(tasks):
+            return out
+        planned = {s: sum(1 for t in tasks if t[0] == s) for s in SPLITS}
+        while topups := topup_tasks(cfg, done, planned, source.goals):  # rounds until covered or out of budget
+            todo = []
+            for split, index, nframes, focus in topups:
+                rec = _finished(out, split, index, fp, cfg.strict, nframes, focus)
+                if rec:
+                    done[(split, index)] = rec
+                else:
+                    todo.append((split, index, nframes, focus))
+            bar.total += sum(t[2] for t in todo)
+            for rec in _run_tasks(cfg, todo, max(1, workers), bar):
+                done[(rec["split"], rec["index"])] = rec
     seconds = time.perf_counter() - t0
-    if stop_after is not None and len(done) < len(tasks):
-        return out
-    splits = {s: [done[(s, i)] for s2, i, _ in tasks if s2 == s] for s in SPLITS}
+    _remove_stale_shards(out, done)
+    dropped = coverage_notes(done, planned, source.goals, cfg.min_positives_per_split, cfg.frames)
+    if len(dropped) == len(source.goals):
+        raise VlmrError(f"{cfg.name}: no goal reaches min_positives_per_split={cfg.min_positives_per_split} in "
+                        f"every split, even after top-ups of up to max_topup_ratio={cfg.max_topup_ratio} times each "
+                        "split; collect more frames, raise max_topup_ratio or lower min_positives_per_split")
+    if dropped:
+        quality_issue(f"{cfg.name}: {len(dropped)} goal(s) dropped from the goal set, short of positives after "
+                      f"top-ups: " + "; ".join(f"{g!r}: {why}" for g, why in dropped.items()), cfg.strict)
+    splits = {s: [rec for (s2, _), rec in sorted(done.items()) if s2 == s] for s in SPLITS}
     cfg_dict = config_to_dict(cfg)
-    manifest = write_manifest(out, name=cfg.name, source=cfg.source, goals=source.goals, image_size=cfg.image_size,
+    goals = [g for g in source.goals if g not in dropped]
+    manifest = write_manifest(out, name=cfg.name, source=cfg.source, goals=goals, image_size=cfg.image_size,
                               view=source.view, splits=splits, config=cfg_dict, run=run_info(cfg_dict, cfg.seed),
-                              extra={"fingerprint": fp})
+                              extra={"fingerprint": fp, "dropped_goals": dropped})
     if progress:
         print(report(read_json(manifest), sum(n for *_, n in todo), seconds, workers))
     return out

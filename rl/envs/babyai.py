@@ -284,6 +284,7 @@ class BabyAISource:
     """Collection source: episodes of minigrid's BabyAIBot with noisy actions, every frame labelled."""
 
     name = "babyai"
+    aims = True  # episode(env_seed, focus=goals) runs only episodes whose mission is one of the goals
 
     def __init__(self, env_id: str, view: str = "egocentric", image_size: int = 64, goals: list[str] | None = None,
                  max_steps: int = 64, noise: float = 0.2, linger: int = 3, mission_in_goals: bool = True,
@@ -310,7 +311,7 @@ class BabyAISource:
         return frame, {"env": self.env_id, "mission": self.mission, "labels": labels,
                        "captions": frame_captions(u, grid, vis, rng)}
 
-    def episode(self, env_seed: int):
+    def episode(self, env_seed: int, focus: tuple[str, ...] | None = None):
         from minigrid.utils.baby_ai_bot import BabyAIBot
 
         self.env_id = self.env_ids[env_seed % len(self.env_ids)]
@@ -318,7 +319,7 @@ class BabyAISource:
         env.reset(seed=env_seed)
         u = env.unwrapped
         self.mission = canonical_mission(u.mission) or u.mission
-        if self.mission_in_goals and self.mission not in self.goal_index:
+        if (self.mission_in_goals and self.mission not in self.goal_index) or (focus and self.mission not in focus):
             return
         rng = np.random.default_rng([env_seed, 1])
         bot = BabyAIBot(u)

@@ -216,14 +216,19 @@ class ScriptedPolicy:
 
     MOVES = {(-1, 0): 1, (1, 0): 2, (0, -1): 3, (0, 1): 4}
 
-    def __init__(self, env, rng, noise: float = 0.2):
+    def __init__(self, env, rng, noise: float = 0.2, focus: tuple[str, ...] | None = None):
         import crafter
 
         self.env, self.rng, self.noise = env, rng, noise
+        focus = set(focus or ())
+        # aimed at saplings and plants: pick grass far more often, and plant every sapling rather than half
+        self.grass_do = 0.5 if focus & {"collect sapling", "place a plant"} else 0.1
+        self.plant = 0.9 if "place a plant" in focus else 0.5
+        self.roams_allowed = not focus & {"make a stone pickaxe", "place a furnace", "collect stone"}
         self.actions = {name: i for i, name in enumerate(crafter.constants.actions)}
         self.random_actions = [i for n, i in self.actions.items() if n not in ("noop", "sleep")]
         self.heading, self.wander = (1, 0), 0
-        self.roams = rng.random() < 0.5  # some episodes leave the table behind once tools are made
+        self.roams = rng.random() < 0.5 and self.roams_allowed  # some leave the table behind once tools are made
 
     def _toward(self, target: str) -> int | None:
         """Action to approach/face the nearest `target` material in view, or None if none is in view."""
@@ -264,7 +269,7 @@ class ScriptedPolicy:
             for tool, needs in (("wood_pickaxe", "wood"), ("wood_sword", "wood"), ("stone_pickaxe", "stone")):
                 if inv[tool] == 0 and inv[needs] >= 1 and inv["wood"] >= 1:
                     return a[f"make_{tool}"]
-        if inv["sapling"] and self.rng.random() < 0.5:
+        if inv["sapling"] and self.rng.random() < self.plant:
             return self._place("place_plant")
         seen = in_view(self.env)
         if inv["wood"] >= 3 and "table" not in seen:
@@ -284,7 +289,7 @@ class ScriptedPolicy:
             act = self._toward(target)
             if act is not None:
                 return act
-        if self.rng.random() < 0.1:
+        if self.rng.random() < self.grass_do:
             return a["do"]  # on grass: a chance of a sapling
         return self._explore()
 
@@ -298,6 +303,7 @@ class CrafterSource:
     """Collection source: episodes of the scripted policy; every frame labelled for every goal."""
 
     name, view = "crafter", "egocentric"
+    aims = True  # episode(env_seed, focus=goals): the scripted policy favours the steps that reach those goals
 
     def __init__(self, image_size: int = 64, goals: list[str] | None = None, max_steps: int = 300,
                  noise: float = 0.2):
@@ -309,11 +315,11 @@ class CrafterSource:
         self.image_size, self.max_steps, self.noise = image_size, max_steps, noise
         self.env = make_world(0, image_size)
 
-    def episode(self, env_seed: int):
+    def episode(self, env_seed: int, focus: tuple[str, ...] | None = None):
         env = self.env
         frame = reseed(env, env_seed)
         rng = np.random.default_rng([env_seed, 2])
-        policy = ScriptedPolicy(env, rng, self.noise)
+        policy = ScriptedPolicy(env, rng, self.noise, focus)
         for _ in range(self.max_steps):
             labels = label_goals(env, self.goals)
             yield frame, {"env": "crafter", "mission": None, "labels": labels,
