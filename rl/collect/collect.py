@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from vlmr.rl.collect.coverage import RENDER_BUDGET, coverage_notes, topup_tasks
 from vlmr.rl.envs import family
 
 from vlmr.core.config import (
@@ -41,7 +42,6 @@ from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shar
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json, sha256_file
 from vlmr.core.quality import STRICT_HELP, quality_issue
-from vlmr.rl.collect.coverage import RENDER_BUDGET, coverage_notes, topup_tasks
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
