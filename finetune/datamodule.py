@@ -11,6 +11,10 @@
 
 Shards are split across nodes (`split_by_node`) and dataloader workers
 (`split_by_worker`); train shuffles shard order and samples in a buffer.
+
+With `select_fraction > 0` a `select` split is carved from train by env seed: whole episodes
+whose seed hashes below the fraction leave train and form the split that validation runs on,
+so early stopping and best-checkpoint choice never look at val, the split calibration fits on.
 Corrupt shards and bad samples are skipped with a warning and counted in
 `dm.skipped`, or raise with strict=True. The manifest is checked first: a
 dataset without one is incomplete.
@@ -18,7 +22,9 @@ dataset without one is incomplete.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -70,10 +76,38 @@ def collate(items: list[dict]) -> dict:
             "keys": [it["key"] for it in items]}
 
 
+def in_select(env_seed: int, fraction: float) -> bool:
+    """Whether an episode's env seed belongs to the `select` split (Knuth's multiplicative hash: spreads
+    consecutive seeds, so every shard and env of the mix gives its share)."""
+    return (int(env_seed) * 2654435761) % 2**32 < fraction * 2**32
+
+
+class _SeedFilter:
+    """webdataset stage on raw samples: keep the select split's episodes (keep_select) or the rest."""
+
+    def __init__(self, fraction: float, keep_select: bool):
+        self.fraction, self.keep_select = fraction, keep_select
+
+    def __call__(self, stream):
+        for raw in stream:
+            try:
+                seed = json.loads(raw["meta.json"])["env_seed"]
+            except (KeyError, TypeError, ValueError):
+                yield raw  # undecodable: _Decode counts it as damage
+                continue
+            if in_select(seed, self.fraction) == self.keep_select:
+                yield raw
+
+
 class ShardDataModule(pl.LightningDataModule):
     def __init__(self, data_dir, goals: list[str] | None = None, batch_size: int = 64, num_workers: int = 0,
-                 shuffle_buffer: int = 1000, seed: int = 0, strict: bool = False):
+                 shuffle_buffer: int = 1000, seed: int = 0, strict: bool = False, select_fraction: float = 0.0):
         super().__init__()
+        if not 0.0 <= select_fraction < 1.0:
+            raise VlmrError(f"data.select_fraction={select_fraction} must be in [0, 1)")
+        self.select_fraction = select_fraction
+        # the split validation (and any checkpoint selection) runs on: never val when select exists
+        self.val_split = "select" if select_fraction > 0 else "val"
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.strict = shuffle_buffer, seed, strict
         self.manifest = read_manifest(data_dir)
@@ -81,6 +115,21 @@ class ShardDataModule(pl.LightningDataModule):
         check_goal_sets(self.manifest["goals"], self.goals, data_dir, "the requested goal set")
         self.image_size = self.manifest.get("image_size")
         self.counter = SkipCounter(strict)
+
+    def shard_sizes(self, split: str = "train") -> list[int]:
+        """Samples per shard of a split as loaded: train without the select split's episodes (read from the
+        shards' meta.json members; the frames are not decoded)."""
+        import tarfile
+
+        entries = self.manifest["splits"][split]["shards"]
+        if self.select_fraction == 0 or split != "train":
+            return [int(s["samples"]) for s in entries]
+        sizes = []
+        for entry in entries:
+            with tarfile.open(Path(self.data_dir) / entry["name"]) as tar:
+                seeds = [json.load(tar.extractfile(m))["env_seed"] for m in tar if m.name.endswith(".meta.json")]
+            sizes.append(sum(not in_select(s, self.select_fraction) for s in seeds))
+        return sizes
 
     @property
     def skipped(self) -> int:
@@ -91,11 +140,14 @@ class ShardDataModule(pl.LightningDataModule):
         import webdataset as wds
 
         train = split == "train"
-        urls = [str(p) for p in split_shards(self.data_dir, split, self.manifest)]
+        source = "train" if split == "select" else split
+        urls = [str(p) for p in split_shards(self.data_dir, source, self.manifest)]
         ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, nodesplitter=wds.split_by_node,
                             workersplitter=wds.split_by_worker, handler=self.counter, empty_check=False,
                             seed=self.seed if train else None)
-        ds = ds.compose(CountCheck(expected_counts(self.data_dir, split, self.manifest), self.counter))
+        ds = ds.compose(CountCheck(expected_counts(self.data_dir, source, self.manifest), self.counter))
+        if self.select_fraction > 0 and source == "train":
+            ds = ds.compose(_SeedFilter(self.select_fraction, keep_select=split == "select"))
         if train and self.shuffle_buffer > 1:
             ds = ds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
                             rng=random.Random(self.seed))
@@ -110,4 +162,4 @@ class ShardDataModule(pl.LightningDataModule):
         return self._loader("train")
 
     def val_dataloader(self):
-        return self._loader("val")
+        return self._loader(self.val_split)

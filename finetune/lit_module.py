@@ -117,6 +117,7 @@ class ClipFinetuneModule(pl.LightningModule):
         self._samples: tuple = ()  # (frames, probs, labels) of the first val batch, for the W&B sample table
         self.val_summary: dict = {}  # the headline val/ numbers of the last validation, None where undefined
         self.val_step_seen = -1  # global step of the last finished validation
+        self.val_history: list[dict] = []  # {"step", headline val/ numbers, "val/loss"} of every validation
         self.start_step = 0  # global step at which this fit started (> 0 when resumed)
 
     # ------------------------------------------------------------ model pieces
@@ -228,6 +229,10 @@ class ClipFinetuneModule(pl.LightningModule):
         # gathered every rank's predictions, so the values agree on all ranks.
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items() if v is not None})
         self.log_sample_table()
+        loss = self.trainer.callback_metrics.get("val/loss") if self.trainer is not None else None
+        if self.trainer is not None and self.trainer.state.fn == "fit":  # the learning curve, not re-validations
+            self.val_history.append({"step": self.global_step, **self.val_summary,
+                                     "val/loss": None if loss is None else float(loss)})
         self.val_step_seen = self.global_step
 
     def log_sample_table(self):
@@ -267,13 +272,14 @@ class ClipFinetuneModule(pl.LightningModule):
         return {n for n, p in self.named_parameters() if not p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["vlmr"] = {"goals": self.goals, "base_sha256": self.base_sha256}
+        checkpoint["vlmr"] = {"goals": self.goals, "base_sha256": self.base_sha256, "val_history": self.val_history}
         if self.lora_cfg is not None:  # the frozen base is in its own file (sha-checked): keep checkpoints small
             frozen = self._frozen_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("vlmr", {})
+        self.val_history = list(saved.get("val_history", []))  # a resumed run's curve keeps its earlier points
         if saved.get("goals") is not None and saved["goals"] != self.goals:
             raise VlmrError(f"the checkpoint was trained for a different goal set ({len(saved['goals'])} goals, e.g. "
                             f"{saved['goals'][:3]}) than this run's data ({len(self.goals)} goals, e.g. "

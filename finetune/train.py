@@ -51,6 +51,20 @@ class DataSection:
     batch_size: int = 64  # frames per batch and per device
     num_workers: int = 0  # dataloader workers (shards are split across them)
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer for train
+    select_fraction: float = 0.0  # share of train env seeds carved out as the `select` split, which validation
+    # then runs on (never val, the split calibration fits on); needed by trainer.early_stopping
+
+
+@config_dataclass
+class EarlyStoppingSection:
+    monitor: str = "val/own_goal_auroc"  # validation metric to stop on and to pick the best checkpoint by
+    mode: Literal["max", "min"] = "max"  # max for AUROC, min for a loss (val/loss)
+    patience: int = 5  # validations without an improvement of min_delta before training stops
+    min_delta: float = 0.0  # smallest change that counts as an improvement
+
+    def __post_init__(self):
+        if self.patience < 1 or self.min_delta < 0:
+            raise ValueError(f"need patience >= 1 and min_delta >= 0, got {self.patience}, {self.min_delta}")
 
 
 @config_dataclass
@@ -69,6 +83,8 @@ class TrainerSection:
     num_nodes: int = 1  # passed to the Trainer
     log_every_n_steps: int = 10  # metric logging interval
     progress_bar: bool = True  # Lightning's progress bar
+    early_stopping: EarlyStoppingSection | None = None  # stop on a plateau of a validation metric (max_steps
+    # stays the cap) and export the best checkpoint, not the last; null = train max_steps, export the last
 
     def __post_init__(self):
         if self.max_steps < 0 or self.checkpoint_every_n_steps < 1 or self.val_every_n_epochs < 1:
@@ -171,7 +187,7 @@ def accelerator_devices(accelerator: str) -> int:
 
 def ddp_batch_limit(dm, split: str, world: int, batch_size: int) -> int:
     """Batches every rank is sure to have in one pass: shards are split across ranks, and ranks must step together."""
-    sizes = sorted(int(s["samples"]) for s in dm.manifest["splits"][split]["shards"])
+    sizes = sorted(dm.shard_sizes(split))
     per_rank = len(sizes) // world
     if per_rank == 0:
         raise VlmrError(f"dataset {dm.data_dir} has {len(sizes)} {split} shards for {world} processes; collect with "
@@ -201,7 +217,7 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
 
 def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     """Train, validate, export the reward model; returns the summary (also written to summary.json)."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from vlmr.finetune.datamodule import ShardDataModule
 
     from vlmr.core.dataset import split_shards
@@ -212,7 +228,11 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     last = ckpt_dir / "last.ckpt"
     dm = ShardDataModule(cfg.data.dir, goals=cfg.model.goals, batch_size=cfg.data.batch_size,
                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed,
-                         strict=cfg.strict)
+                         strict=cfg.strict, select_fraction=cfg.data.select_fraction)
+    if tc.early_stopping is not None and cfg.data.select_fraction == 0:
+        raise VlmrError(f"run {cfg.name}: trainer.early_stopping picks a checkpoint, so it needs a split of its own: "
+                        "set data.select_fraction (e.g. 0.1) to carve a select split from train; it must not be "
+                        "val, the split calibration fits on")
     for split in ("train", "val"):
         split_shards(cfg.data.dir, split, dm.manifest)  # a missing split or shard fails here, not mid-training
     if last.is_file() and not cfg.resume:
@@ -232,6 +252,13 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, monitor=None,
                                  every_n_train_steps=tc.checkpoint_every_n_steps, enable_version_counter=False)
     callbacks = [checkpoint, throughput] + ([LearningRateMonitor("step")] if logger else [])
+    best = None
+    if tc.early_stopping is not None:  # convergence, not a step count, ends training; the best step is exported
+        es = tc.early_stopping
+        best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=es.monitor, mode=es.mode,
+                               save_top_k=1, save_last=False, enable_version_counter=False)
+        callbacks += [best, EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience,
+                                          min_delta=es.min_delta, check_finite=False)]
     world = world_size(tc.devices, tc.num_nodes, accelerator_devices(tc.accelerator))
     trainer = pl.Trainer(
         max_steps=tc.max_steps if tc.max_steps > 0 else -1, max_epochs=-1,
@@ -249,20 +276,34 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         atomic_write_json(run_dir / "run.json", info)
     start = time.perf_counter()
     ckpt_path = str(last) if cfg.resume and last.is_file() else None
+    best_step = None
     try:
         if tc.max_steps > 0:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
             trainer.save_checkpoint(str(last))  # the final state, for a later resume with more steps
-        if module.val_step_seen != trainer.global_step or tc.max_steps == 0:
+        steps_trained, curve = trainer.global_step, list(module.val_history)  # loading the best ckpt rewinds both
+        if best is not None and best.best_model_path:
+            best_step = int(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["global_step"])
+            trainer.validate(module, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)  # best weights
+        elif module.val_step_seen != trainer.global_step or tc.max_steps == 0:
             trainer.validate(module, datamodule=dm, verbose=False)
     except NonFiniteLossError as e:
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {where}. Lower optim.lr or enable trainer.grad_clip, "
                         "then rerun (resume: true continues from the checkpoint).") from None
+    except Exception as e:
+        if best is None or tc.early_stopping.monitor not in str(e):
+            raise
+        raise VlmrError(f"run {cfg.name}: trainer.early_stopping.monitor={tc.early_stopping.monitor!r} was not "
+                        "logged by validation; use val/loss or one of val/auroc_mean, val/ap_mean, "
+                        "val/retrieval_top1, val/own_goal_auroc (own-goal needs frames with missions)") from None
     finally:
         finish_lightning_logger(logger)
     metrics = module.val_summary  # None where undefined: null in summary.json
-    summary = {"name": cfg.name, "steps": trainer.global_step, "start_step": module.start_step,
+    summary = {"name": cfg.name, "steps": steps_trained, "start_step": module.start_step,
+               "best_step": best_step,
+               "stopped_early": best is not None and 0 < steps_trained < tc.max_steps,
+               "val_split": dm.val_split, "val_curve": curve,
                "resumed_from": ckpt_path,
                "train_seconds": round(time.perf_counter() - start, 2), "images_per_s": throughput.rate,
                "temperature": float(module.reward_temperature().detach()), "val": metrics,
@@ -272,9 +313,9 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "reward_model": str(run_dir / "reward_model")}
     if trainer.is_global_zero:
         module.cpu()
-        rm = to_reward_model(module, with_adapter=trainer.global_step > 0)
+        rm = to_reward_model(module, with_adapter=steps_trained > 0)
         rm.save(run_dir / "reward_model", full_weights=cfg.lora is None)
-        if cfg.save_merged and cfg.lora is not None and trainer.global_step > 0:
+        if cfg.save_merged and cfg.lora is not None and steps_trained > 0:
             rm.save(run_dir / "reward_model_merged", full_weights=True)
             summary["reward_model_merged"] = str(run_dir / "reward_model_merged")
         atomic_write_json(run_dir / "summary.json", summary)
