@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from vlmr.rl.collect.coverage import RENDER_BUDGET, coverage_notes, topup_tasks
+from vlmr.rl.collect.holdout import clean_captions, held_pairs, resolve_holdout
 from vlmr.rl.envs import family
 
 from vlmr.core.config import (
@@ -79,6 +80,8 @@ class CollectConfig:
     min_positives_per_split: int = 0  # every goal gets at least this many positive frames in each split: top-up
     # shards aim episodes at short goals (rl/collect/coverage.py); a goal that cannot is dropped from the set
     max_topup_ratio: float = 1.0  # top-up frames per split at most this multiple of the split's planned frames
+    holdout_goals: str | list[str] | None = None  # goals kept out of train: a list of sentences or the rule
+    # one_in_three_pairs; their episodes and any caption naming their colour-object pair (rl/collect/holdout.py)
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
@@ -105,8 +108,9 @@ def fingerprint(cfg: CollectConfig) -> str:
     The top-up settings are left out too: they decide which top-up shards exist, and each top-up shard's
     record holds its focus and size, so a changed setting rewrites just the top-ups it changes.
     """
+    unset = ("holdout_goals",) if not cfg.holdout_goals else ()  # datasets from before the key keep their identity
     return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
-                                         "max_topup_ratio"))
+                                         "max_topup_ratio", *unset))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -119,8 +123,13 @@ def _init_worker(queue) -> None:
     _QUEUE = queue
 
 
-def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, ...] | None, limit: int):
-    """The kept (key, frame, meta, own-goal positive) of one episode; with a focus, only an episode that reaches one."""
+def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, ...] | None, limit: int,
+                    held: tuple[set[str], set[str]] | None = None):
+    """The kept (key, frame, meta, own-goal positive) of one episode; with a focus, only an episode that reaches one.
+
+    held: (held-out goals, their colour-object phrases) in the train split: such episodes are skipped and
+    captions naming the phrases dropped.
+    """
     keep_rng = np.random.default_rng([env_seed, 7])
     steps = source.episode(env_seed, focus=focus) if focus and getattr(source, "aims", False) else \
         source.episode(env_seed)
@@ -128,12 +137,15 @@ def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, 
     for step, (frame, m) in enumerate(steps):
         rendered += 1
         labels, mission = m["labels"], m["mission"]
+        if held and mission in held[0]:
+            return [], rendered
+        captions = clean_captions(m["captions"], held[1]) if held else m["captions"]
         positive = labels.get(mission, 0) if mission in labels else int(any(labels.values()))
         reached = reached or any(labels.get(g) for g in focus)
         if not positive and cfg.negative_keep < 1.0 and keep_rng.random() >= cfg.negative_keep:
             continue
         meta = {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step,
-                "mission": mission, "labels": labels, "captions": m["captions"]}
+                "mission": mission, "labels": labels, "captions": captions}
         kept.append((sample_key(episode, step), frame, meta, int(positive)))
         if not focus and len(kept) >= limit:  # the shard is full: the rest of the episode is never rendered
             break
@@ -150,6 +162,8 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int, focus: t
     source = make_source(cfg)
     out = Path(cfg.out_dir)
     own_positives, pending, rendered = 0, 0, 0
+    held_out = resolve_holdout(cfg.holdout_goals, source.goals) if split == "train" else []
+    held = (set(held_out), held_pairs(held_out)) if held_out else None
     with ShardSink(out, split, index) as sink:
         for j in range(EPISODE_STRIDE):
             if sink.samples >= nframes or (focus and rendered >= RENDER_BUDGET * nframes):
@@ -157,7 +171,7 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int, focus: t
             episode = index * EPISODE_STRIDE + j
             env_seed = cfg.seed + SPLIT_SEED_OFFSET[split] + episode
             before = sink.samples
-            kept, n = _episode_frames(cfg, source, env_seed, episode, focus, nframes - sink.samples)
+            kept, n = _episode_frames(cfg, source, env_seed, episode, focus, nframes - sink.samples, held)
             rendered += n
             for key, frame, meta, positive in kept[:nframes - sink.samples]:
                 sink.write(key, frame, meta)
@@ -293,6 +307,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
 
     validate(cfg)
     source = make_source(cfg)  # fail fast on a bad env id or goal set, before touching the folder
+    holdout = resolve_holdout(cfg.holdout_goals, source.goals)
     out = _prepare_out_dir(cfg, resume)
     fp = fingerprint(cfg)
     tasks = plan(cfg)
@@ -311,7 +326,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
         if stop_after is not None and len(done) < len(tasks):
             return out
         planned = {s: sum(1 for t in tasks if t[0] == s) for s in SPLITS}
-        while topups := topup_tasks(cfg, done, planned, source.goals):  # rounds until covered or out of budget
+        while topups := topup_tasks(cfg, done, planned, source.goals, holdout):  # rounds until covered or out of budget
             todo = []
             for split, index, nframes, focus in topups:
                 rec = _finished(out, split, index, fp, cfg.strict, nframes, focus)
@@ -324,7 +339,8 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
                 done[(rec["split"], rec["index"])] = rec
     seconds = time.perf_counter() - t0
     _remove_stale_shards(out, done)
-    dropped = coverage_notes(done, planned, source.goals, cfg.min_positives_per_split, cfg.frames)
+    dropped = coverage_notes(done, planned, source.goals, cfg.min_positives_per_split, cfg.frames,
+                             holdout)
     if len(dropped) == len(source.goals):
         raise VlmrError(f"{cfg.name}: no goal reaches min_positives_per_split={cfg.min_positives_per_split} in "
                         f"every split, even after top-ups of up to max_topup_ratio={cfg.max_topup_ratio} times each "
@@ -337,7 +353,8 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
     goals = [g for g in source.goals if g not in dropped]
     manifest = write_manifest(out, name=cfg.name, source=cfg.source, goals=goals, image_size=cfg.image_size,
                               view=source.view, splits=splits, config=cfg_dict, run=run_info(cfg_dict, cfg.seed),
-                              extra={"fingerprint": fp, "dropped_goals": dropped})
+                              extra={"fingerprint": fp, "dropped_goals": dropped,
+                                     "holdout_goals": [g for g in holdout if g in goals]})
     if progress:
         print(report(read_json(manifest), sum(n for *_, n in todo), seconds, workers))
     return out

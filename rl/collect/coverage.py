@@ -43,7 +43,12 @@ def short_goals(records: list[dict], goals: list[str], minimum: int) -> list[str
     return [g for g in goals if counts.get(g, 0) < minimum]
 
 
-def topup_tasks(cfg, done: dict, planned: dict[str, int], goals: list[str]) -> list[tuple]:
+def split_goals(split: str, goals: list[str], holdout: list[str]) -> list[str]:
+    """The goals a split must cover: held-out goals are kept out of train on purpose."""
+    return [g for g in goals if g not in holdout] if split == "train" else goals
+
+
+def topup_tasks(cfg, done: dict, planned: dict[str, int], goals: list[str], holdout: list[str] = ()) -> list[tuple]:
     """The next round of top-up shards: (split, index, frames, focus goals) for each split still short."""
     tasks = []
     if cfg.min_positives_per_split <= 0:
@@ -53,7 +58,7 @@ def topup_tasks(cfg, done: dict, planned: dict[str, int], goals: list[str]) -> l
         if frames <= 0:
             continue
         records = [rec for (s, _), rec in sorted(done.items()) if s == split]
-        short = short_goals(records, goals, cfg.min_positives_per_split)
+        short = short_goals(records, split_goals(split, goals, holdout), cfg.min_positives_per_split)
         extra = sum(rec["samples"] for (s, i), rec in done.items() if s == split and i >= count)
         budget = math.ceil(cfg.max_topup_ratio * frames) - extra
         # a round that added nothing for its focus goals will not do better with the same focus
@@ -69,7 +74,8 @@ def _helped(rec: dict) -> bool:
     return any(rec.get("positives", {}).get(g, 0) > 0 for g in focus)
 
 
-def coverage_notes(done: dict, planned: dict[str, int], goals: list[str], minimum: int, frames) -> dict[str, str]:
+def coverage_notes(done: dict, planned: dict[str, int], goals: list[str], minimum: int, frames,
+                   holdout: list[str] = ()) -> dict[str, str]:
     """Goal -> why it is dropped: the splits where it stayed below the minimum after every top-up."""
     notes: dict[str, list[str]] = {}
     if minimum <= 0:
@@ -78,7 +84,7 @@ def coverage_notes(done: dict, planned: dict[str, int], goals: list[str], minimu
         if getattr(frames, split) <= 0:
             continue
         counts = positive_counts([rec for (s, _), rec in done.items() if s == split])
-        for g in goals:
+        for g in split_goals(split, goals, holdout):
             if counts.get(g, 0) < minimum:
                 notes.setdefault(g, []).append(f"{split} {counts.get(g, 0)}")
     return {g: f"positive frames {', '.join(parts)} < min_positives_per_split {minimum} after top-ups"

@@ -1,0 +1,56 @@
+"""Held-out goals: no training text names them; val and test keep everything (rl/collect/holdout.py)."""
+
+from __future__ import annotations
+
+import pytest
+from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect
+from vlmr.rl.collect.holdout import NEUTRAL_CAPTION, held_pairs, resolve_holdout
+from vlmr.rl.envs.babyai import goal_set
+
+from vlmr.core.dataset import iter_split, read_manifest
+from vlmr.core.errors import VlmrError
+
+GOTO = goal_set("BabyAI-GoToLocal-v0")
+
+
+def test_the_rule_holds_out_one_in_three_pairs_and_keeps_every_word_seen():
+    held = resolve_holdout("one_in_three_pairs", GOTO)
+    assert len(held) == len(GOTO) // 3
+    seen = [g for g in GOTO if g not in held]
+    for word in ("red", "green", "blue", "purple", "yellow", "grey", "ball", "box", "key"):
+        assert any(word in g for g in seen), word
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["go to the red ball", "go to the red box", "go to the red key"], r"colour\(s\) \['red'\] unseen"),
+    (["go to the pink ball"], "not in the goal set"),
+    ("every_other", "is not a rule"),
+    (GOTO, "every goal"),
+])
+def test_bad_holdouts_are_one_line_errors(spec, message):
+    with pytest.raises(VlmrError, match=message):
+        resolve_holdout(spec, GOTO)
+
+
+def test_a_rule_needs_colour_object_goals():
+    with pytest.raises(VlmrError, match="colour-object goals"):
+        resolve_holdout("one_in_three_pairs", ["collect wood", "place a table"])
+
+
+def test_held_out_goals_never_reach_train_text_and_stay_in_val_and_test(tmp_path):
+    cfg = CollectConfig(name="h", source="babyai", env_id="BabyAI-GoToLocal-v0", out_dir=str(tmp_path / "d"),
+                        frames=SplitFrames(train=300, val=200, test=200), shard_size=100,
+                        holdout_goals="one_in_three_pairs")
+    out = collect(cfg, progress=False)
+    held = resolve_holdout("one_in_three_pairs", GOTO)
+    assert read_manifest(out)["holdout_goals"] == held
+    phrases = held_pairs(held)
+    train = list(iter_split(out, "train"))
+    assert not {s["meta"]["mission"] for s in train} & set(held)
+    assert not any(p in c for s in train for c in s["meta"]["captions"] for p in phrases)
+    # frames where a held-out object merely appears stay (labelled, with their other captions)
+    assert any(s["meta"]["labels"][g] for s in train for g in held)
+    assert any(NEUTRAL_CAPTION in s["meta"]["captions"] for s in train)
+    val_missions = {s["meta"]["mission"] for s in iter_split(out, "val")}
+    assert val_missions & set(held)
+    assert any(p in c for s in iter_split(out, "val") for c in s["meta"]["captions"] for p in phrases)
