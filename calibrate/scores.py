@@ -77,7 +77,7 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     """Similarities, labels and own-goal ids of every sample of `split`, from the cache when it is valid."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    check_goal_sets(list(manifest["goals"]), list(rm.goals), data_dir, model_name)
+    check_goal_sets(list(manifest["goals"]), list(rm.goals), data_dir, model_name, manifest.get("holdout_goals"))
     manifest_sha = sha256_file(data_dir / MANIFEST_FILE)
     num_candidates = len(rm.goals) + len(rm.spec.negatives)
     meta = {"version": CACHE_VERSION, "model_id": rm.model_id, "manifest_sha256": manifest_sha, "split": split,

@@ -37,6 +37,7 @@ from vlmr.core.dataset import (
     decode_sample,
     expected_counts,
     read_manifest,
+    seen_goals,
     split_shards,
 )
 from vlmr.core.errors import VlmrError
@@ -111,8 +112,10 @@ class ShardDataModule(pl.LightningDataModule):
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.strict = shuffle_buffer, seed, strict
         self.manifest = read_manifest(data_dir)
-        self.goals = list(goals) if goals is not None else list(self.manifest["goals"])
-        check_goal_sets(self.manifest["goals"], self.goals, data_dir, "the requested goal set")
+        # held-out goals are never candidates in the training loss: the default goal set is the seen goals
+        self.goals = list(goals) if goals is not None else seen_goals(self.manifest)
+        check_goal_sets(self.manifest["goals"], self.goals, data_dir, "the requested goal set",
+                        holdout=self.manifest.get("holdout_goals"))
         self.image_size = self.manifest.get("image_size")
         self.counter = SkipCounter(strict)
 

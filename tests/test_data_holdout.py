@@ -54,3 +54,19 @@ def test_held_out_goals_never_reach_train_text_and_stay_in_val_and_test(tmp_path
     val_missions = {s["meta"]["mission"] for s in iter_split(out, "val")}
     assert val_missions & set(held)
     assert any(p in c for s in iter_split(out, "val") for c in s["meta"]["captions"] for p in phrases)
+
+
+def test_fine_tuning_trains_on_seen_goals_only(tmp_path):
+    from vlmr.finetune.datamodule import ShardDataModule
+
+    cfg = CollectConfig(name="h", source="babyai", env_id="BabyAI-GoToLocal-v0", out_dir=str(tmp_path / "d"),
+                        frames=SplitFrames(train=200, val=100, test=100), shard_size=100,
+                        holdout_goals=["go to the red ball", "go to the blue key"])
+    out = collect(cfg, progress=False)
+    dm = ShardDataModule(out, batch_size=50, shuffle_buffer=0)
+    assert set(dm.goals) == set(GOTO) - {"go to the red ball", "go to the blue key"}
+    for batch in dm.train_dataloader():  # no candidate, label column or caption of a held-out goal
+        assert batch["labels"].shape[1] == len(dm.goals)
+        assert not any("red ball" in c or "blue key" in c for c in batch["captions"])
+    with pytest.raises(VlmrError, match="goal sets differ"):
+        ShardDataModule(out, goals=GOTO[:3])

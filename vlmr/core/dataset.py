@@ -166,7 +166,17 @@ class SplitArrays:
     skipped: int = 0
 
 
-def check_goal_sets(data_goals: list[str], model_goals: list[str], data_dir, model_name="the reward model") -> None:
+def seen_goals(manifest: dict) -> list[str]:
+    """The goals a model trains on: the dataset's goal set less the goals it holds out of training."""
+    held = set(manifest.get("holdout_goals") or ())
+    return [g for g in manifest["goals"] if g not in held]
+
+
+def check_goal_sets(data_goals: list[str], model_goals: list[str], data_dir, model_name="the reward model",
+                    holdout: list[str] | None = None) -> None:
+    """The model's goal set must be the dataset's, or (with held-out goals) the dataset's seen goals."""
+    if holdout and set(model_goals) == set(data_goals) - set(holdout):
+        return
     only_data = [g for g in data_goals if g not in model_goals]
     only_model = [g for g in model_goals if g not in data_goals]
     if only_data or only_model:
@@ -179,7 +189,7 @@ def load_split_arrays(data_dir: str | Path, split: str, goals: list[str] | None 
                       strict: bool = False) -> SplitArrays:
     manifest = read_manifest(data_dir)
     goals = list(goals) if goals is not None else list(manifest["goals"])
-    check_goal_sets(manifest["goals"], goals, data_dir)
+    check_goal_sets(manifest["goals"], goals, data_dir, holdout=manifest.get("holdout_goals"))
     index = {g: i for i, g in enumerate(goals)}
     counter = SkipCounter(strict)
     frames, labels, own, episodes, keys = [], [], [], [], []
