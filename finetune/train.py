@@ -204,8 +204,6 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from vlmr.finetune.datamodule import ShardDataModule
 
-    from vlmr.core.dataset import split_shards
-
     tc = cfg.trainer
     run_dir = Path(cfg.output_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
@@ -214,7 +212,7 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed,
                          strict=cfg.strict)
     for split in ("train", "val"):
-        split_shards(cfg.data.dir, split, dm.manifest)  # a missing split or shard fails here, not mid-training
+        dm.verify(split)  # a missing split or shard fails here, not mid-training; damaged shards are counted
     if last.is_file() and not cfg.resume:
         print(f"resume=false: starting over; removing the old checkpoints in {ckpt_dir}")
         shutil.rmtree(ckpt_dir)
@@ -269,7 +267,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "mode": "lora" if cfg.lora is not None else "full", "world_size": trainer.world_size,
                "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
                "total_params": sum(p.numel() for p in module.clip.parameters()),
-               "reward_model": str(run_dir / "reward_model")}
+               "reward_model": str(run_dir / "reward_model"),
+               "skipped_samples": dm.skipped_by_split}  # damaged samples left out (this process and its workers)
     if trainer.is_global_zero:
         module.cpu()
         rm = to_reward_model(module, with_adapter=trainer.global_step > 0)

@@ -5,6 +5,7 @@
     vlmr configs                                      # the shipped configs, by name
     vlmr configs show babyai_demo                     # print one; `copy NAME [DEST]` copies it for editing
     vlmr collect --source shapes
+    vlmr verify data/shapes                           # every shard and frame against its hash; per-shard verdict
     vlmr finetune babyai_lora trainer.max_steps=200
     vlmr calibrate babyai_goto
     vlmr pipeline babyai_demo                         # the whole chain (`make demo`)
@@ -25,6 +26,7 @@ from pathlib import Path
 COMMANDS = {  # command -> module:function(argv)
     "models": "vlmr.commands:models_main",
     "score": "vlmr.commands:score_main",
+    "verify": "vlmr.core.verify:verify_main",
     "configs": "vlmr.cli:configs_main",
     "collect": "vlmr.rl.collect.collect:main",
     "finetune": "vlmr.finetune.train:main",
@@ -39,6 +41,7 @@ COMMANDS = {  # command -> module:function(argv)
 HELP = {
     "models": "list architectures and which have weights offline",
     "score": "score image files or a shard for given goals",
+    "verify": "check a dataset's shards and frames against their hashes",
     "configs": "list, show or copy the shipped configs",
     "collect": "collect frame-caption data into webdataset shards",
     "finetune": "adapt a CLIP reward model with LoRA (or train fully)",
