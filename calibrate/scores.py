@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmr.core.dataset import MANIFEST_FILE, SkipCounter, check_goal_sets, iter_split, read_manifest, split_shards
+from vlmr.core.dataset import (
+    MANIFEST_FILE,
+    SkipCounter,
+    check_goal_sets,
+    iter_split,
+    read_manifest,
+    split_shards,
+)
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_bytes, sha256_file, sha256_text
 from vlmr.core.integrity import shard_sha256, verified_shards

@@ -17,6 +17,7 @@ import pytest
 import torch
 from vlmr.calibrate.scores import score_split
 from vlmr.finetune.datamodule import ShardDataModule
+from vlmr.finetune.train import FinetuneConfig
 from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect
 
 from vlmr.core.dataset import MANIFEST_FILE, iter_split, load_split_arrays, read_manifest
@@ -229,3 +230,45 @@ def tiny_goals_model():
         return RewardModel.create("vlmr-tiny", goals, negatives=["an empty room"])
 
     return make
+
+
+def test_stages_record_what_they_skipped(data, tiny_goals_model, tmp_path):
+    from vlmr.calibrate.evaluate import EvaluateConfig, evaluate
+    from vlmr.calibrate.fit import CalibrateConfig, calibrate
+    from vlmr.finetune.train import finetune
+
+    from vlmr.core.config import build_config
+    from vlmr.core.files import read_json
+
+    rm_dir = tiny_goals_model(read_manifest(data)["goals"]).save(tmp_path / "rm")
+    flip_png(data / "val-000001.tar")
+    flip_png(data / "val-000000.tar")
+    resign(data, "val-000000.tar")  # val: one whole shard (20) and one frame (1) left out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibrate(CalibrateConfig(reward_model=str(rm_dir), data=str(data), fit_split="val", eval_split="train",
+                                  min_positives=1, plots=False, logger="none"), progress=False)
+        cal = read_json(rm_dir / "calibration.json")
+        assert (cal["fit"]["frames"], cal["fit"]["skipped"]) == (19, 21)
+        assert (cal["metrics"]["frames"], cal["metrics"]["skipped"]) == (40, 0)
+        res = evaluate(EvaluateConfig(models=[{"dir": str(rm_dir)}], data=str(data), split="val"), progress=False)
+        assert (res["data"]["frames"], res["data"]["skipped"], res["models"][0]["skipped"]) == (19, 21, 21)
+        cfg = build_config(FinetuneConfig, {
+            "name": "ft", "output_dir": str(tmp_path), "data": {"dir": str(data), "batch_size": 8, "shuffle_buffer": 0},
+            "model": {"arch": "vlmr-tiny"}, "lora": {"r": 2, "alpha": 4}, "logger": "none",
+            "trainer": {"max_steps": 1, "progress_bar": False}}, "test config")
+        summary = finetune(cfg, progress=False)
+    assert summary["skipped_samples"] == {"train": 0, "val": 21}
+    assert read_json(tmp_path / "ft" / "summary.json")["skipped_samples"] == {"train": 0, "val": 21}
+    with pytest.raises(StrictModeError, match="val-000001.tar: sha256"):  # the first skip stops it
+        calibrate(CalibrateConfig(reward_model=str(rm_dir), data=str(data), fit_split="val", eval_split="train",
+                                  min_positives=1, plots=False, logger="none", strict=True, cache_scores=False),
+                  progress=False)
+
+
+def test_pipeline_recollects_a_damaged_dataset(data):
+    from vlmr.rl.experiments.pipeline_stages import dataset_valid
+
+    assert dataset_valid(data)
+    flip_png(data / "test-000000.tar")
+    assert not dataset_valid(data)
