@@ -272,3 +272,13 @@ def test_pipeline_recollects_a_damaged_dataset(data):
     assert dataset_valid(data)
     flip_png(data / "test-000000.tar")
     assert not dataset_valid(data)
+
+
+def test_data_warnings_print_as_one_line_from_any_command(capsys):
+    from vlmr.cli import one_line_data_warnings
+    from vlmr.core.integrity import LegacyDatasetWarning
+
+    with one_line_data_warnings():
+        warnings.warn("shard x: sha256 differs", QualityWarning, stacklevel=1)
+        warnings.warn("dataset y: old shards", LegacyDatasetWarning, stacklevel=1)
+    assert capsys.readouterr().err.splitlines() == ["warning: shard x: sha256 differs", "warning: dataset y: old shards"]

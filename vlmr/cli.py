@@ -18,9 +18,11 @@ need no torch. A command whose optional dependencies are missing says which extr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 COMMANDS = {  # command -> module:function(argv)
@@ -117,6 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def one_line_data_warnings():
+    """Warnings about data (quality, integrity) print as one 'warning: ...' line, from every stage; others as usual."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            from vlmr.core.integrity import LegacyDatasetWarning
+            from vlmr.core.quality import QualityWarning
+
+            if issubclass(category, (QualityWarning, LegacyDatasetWarning)):
+                print(f"warning: {message}", file=file or sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -134,8 +155,9 @@ def run_command(argv: list[str]) -> int:
     from vlmr.core.errors import VlmrError
 
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(rest) or 0)
+        with one_line_data_warnings():
+            func = getattr(importlib.import_module(module_name), func_name)
+            return int(func(rest) or 0)
     except VlmrError as e:
         print(f"vlmr {name}: error: {e}", file=sys.stderr)
         return 2

@@ -36,6 +36,10 @@ _HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns, ctime_ns, inode) -> sha
 _LEGACY_WARNED: set[str] = set()  # datasets whose missing frame hashes were already reported here
 
 
+class LegacyDatasetWarning(UserWarning):
+    """A dataset whose shards predate frame hashes: readable, shard hashes checked, frames not one by one."""
+
+
 def frame_sha256(frame: np.ndarray) -> str:
     """sha256 of a frame's uint8 pixels, its shape included (so a reshaped frame does not match)."""
     pixels = np.ascontiguousarray(frame, dtype=np.uint8)
@@ -143,4 +147,4 @@ def warn_legacy(data_dir: Path, manifest: dict) -> None:
         _LEGACY_WARNED.add(str(data_dir))
         warnings.warn(f"dataset {data_dir}: {len(old)} shard(s) ({old[0]}, ..) were written before vlmr stored "
                       "per-frame hashes; their shard sha256 is checked but frames are not checked one by one. "
-                      "Recollect (`vlmr collect CONFIG overwrite=true`) to add them", stacklevel=3)
+                      "Recollect (`vlmr collect CONFIG overwrite=true`) to add them", LegacyDatasetWarning, stacklevel=3)

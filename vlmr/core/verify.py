@@ -136,6 +136,6 @@ def verify_main(argv: list[str] | None = None) -> int:
     # readers skip a whole shard whose sha256 differs, else only its damaged samples
     lost = sum(int(v["samples_expected"] or 0) if v["sha256"] != "ok" else len(v["problems"]) for v in failed)
     print(f"vlmr verify {path}: {len(verdicts) - len(failed)} of {len(verdicts)} shards ok"
-          + (f"; {len(failed)} FAILED ({lost} samples that readers skip). `vlmr collect CONFIG --resume` rewrites "
-             "damaged shards" if failed else ""))
+          + (f"; {len(failed)} FAILED ({lost} sample{'s' * (lost != 1)} that readers skip). `vlmr collect CONFIG "
+             "--resume` rewrites damaged shards" if failed else ""))
     return 1 if failed else 0
