@@ -164,13 +164,17 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         metrics = evaluate_scores(scores.sims, scores.labels, scores.own_goal, rm.temperatures.cpu(),
                                   rm.thresholds.cpu(), rm.goals, cfg.ece_bins)
         results.append({"name": spec.column, "dir": str(spec.dir), "model_id": rm.model_id, "arch": rm.spec.arch,
-                        "calibration": cal, "temperatures": rm.temperatures.cpu().tolist(),
+                        "calibration": cal, "skipped": int(scores.meta.get("skipped", 0)),
+                        "temperatures": rm.temperatures.cpu().tolist(),
                         "thresholds": rm.thresholds.cpu().tolist(), "metrics": metrics})
     out_dict = {"version": RESULTS_VERSION, "split": cfg.split,
                 "data": {"dir": str(cfg.data), "name": manifest.get("name"),
-                         "manifest_sha256": sha256_file(Path(cfg.data) / MANIFEST_FILE), "limit": cfg.limit},
+                         "manifest_sha256": sha256_file(Path(cfg.data) / MANIFEST_FILE), "limit": cfg.limit,
+                         "frames": results[0]["metrics"]["frames"], "skipped": max(r["skipped"] for r in results)},
                 "models": results}
-    print(f"vlmr evaluate: {cfg.split} split of {cfg.data} ({results[0]['metrics']['frames']} frames)")
+    skipped = out_dict["data"]["skipped"]
+    print(f"vlmr evaluate: {cfg.split} split of {cfg.data} ({results[0]['metrics']['frames']} frames"
+          f"{f'; {skipped} damaged samples skipped, see the warnings' if skipped else ''})")
     print(comparison_table(results))
     for note in results[0]["metrics"]["notes"]:
         print(f"note: {note}")

@@ -138,7 +138,7 @@ def _view(m: dict | None) -> dict | None:
     return None if m is None else {k: v for k, v in m.items() if k != "notes"} | {"notes": m.get("notes", [])}
 
 
-def build_calibration(rm, cfg, crit, fit, val, metrics, manifest) -> dict:
+def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test) -> dict:
     """Everything calibration.json holds besides version and model_id. No paths or times: same inputs, same bytes."""
     goals = {}
     for g, goal in enumerate(rm.goals):
@@ -161,13 +161,15 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest) -> dict:
         "goals": goals,
         "guarantee": guarantee_summary(goals),
         "criterion": _criterion_entry(crit),
-        "fit": {"split": cfg.fit_split, "frames": int(val.labels.shape[0]), "min_positives": cfg.min_positives,
+        "fit": {"split": cfg.fit_split, "frames": int(val.labels.shape[0]), "skipped": int(val.meta.get("skipped", 0)),
+                "min_positives": cfg.min_positives,
                 "temperature_bounds": [cfg.temperature_min, cfg.temperature_max], "shared": shared,
                 "defaults": {"temperature": rm.spec.temperature, "threshold": rm.spec.threshold},
                 "model": {"arch": rm.spec.arch, "candidates": int(val.sims.shape[1])},
                 "data": {"name": manifest.get("name"), "manifest_sha256": val.meta["manifest_sha256"],
                          "limit": cfg.limit}},
-        "metrics": {"split": cfg.eval_split, "frames": metrics["frames"], "pooled": _view(metrics["pooled"]),
+        "metrics": {"split": cfg.eval_split, "frames": metrics["frames"], "skipped": int(test.meta.get("skipped", 0)),
+                    "pooled": _view(metrics["pooled"]),
                     "own_goal": _view(metrics["own_goal"]), "macro": metrics["macro"], "notes": metrics["notes"]},
         "warnings": fit.warnings + metrics.get("warnings", []),
     }
@@ -209,7 +211,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
         metrics["warnings"] = [msg]
         quality_issue(msg, cfg.strict, CalibrationWarning)
 
-    body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest)
+    body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test)
     write_calibration(out, rm.model_id, body.pop("goals"), **body)
     rm.load_calibration(out)  # the file just written must load for this model: fail here, not in RL
     cal = {"model_id": rm.model_id, "goals": {g: rm.calibration["goals"][g] for g in rm.goals}, **body}

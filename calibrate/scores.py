@@ -6,9 +6,13 @@
 
 P(g|o) at any temperature is a cheap function of `sims` (reward_math.all_goal_log_probs),
 so temperature fitting never re-runs the model. The cache file
-`scores-{split}-{manifest sha[:12]}.npz` holds the reward model's identity and
-the dataset manifest's sha256; it is used only when both (and the frame limit)
-match, and rewritten otherwise.
+`scores-{split}-{data digest[:12]}.npz` holds the reward model's identity, the
+manifest's sha256 and the sha256 of every shard that was read; it is used only
+when all of them (and the frame limit) match, and rewritten otherwise. Shards
+are hashed before the cache is looked up, so a shard damaged since the cache was
+written is skipped (and counted) and the cache is not trusted. `scores.meta`
+records `skipped` (samples left out) and the problems met while scoring, which a
+cache hit repeats as warnings (errors under strict).
 
 Frames are streamed shard by shard (not loaded whole like vlmr.core.dataset.load_split_arrays),
 so a split of any size fits in memory.
@@ -24,11 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmr.core.dataset import MANIFEST_FILE, SkipCounter, check_goal_sets, iter_split, read_manifest
+from vlmr.core.dataset import (
+    MANIFEST_FILE,
+    SkipCounter,
+    check_goal_sets,
+    iter_split,
+    read_manifest,
+    split_shards,
+)
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_bytes, sha256_file
+from vlmr.core.files import atomic_write_bytes, sha256_file, sha256_text
+from vlmr.core.integrity import shard_sha256, verified_shards
+from vlmr.core.quality import quality_issue
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed on the hashes of the shards read, records skipped samples
 
 
 @dataclasses.dataclass
@@ -38,12 +51,12 @@ class Scores:
     own_goal: np.ndarray  # int64 (N,)
     keys: list[str]
     goals: list[str]
-    meta: dict  # model_id, manifest_sha256, split, limit, candidates, skipped
+    meta: dict  # model_id, manifest_sha256, shards {name: sha256 read}, split, limit, candidates, skipped, problems
     cached: bool = False  # True when read from the cache file
 
 
-def _cache_path(cache_dir: Path, split: str, manifest_sha: str) -> Path:
-    return Path(cache_dir) / f"scores-{split}-{manifest_sha[:12]}.npz"
+def _cache_path(cache_dir: Path, split: str, data_digest: str) -> Path:
+    return Path(cache_dir) / f"scores-{split}-{data_digest[:12]}.npz"
 
 
 def _read_cache(path: Path, meta: dict) -> Scores | None:
@@ -79,19 +92,26 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     manifest = read_manifest(data_dir)
     check_goal_sets(list(manifest["goals"]), list(rm.goals), data_dir, model_name, manifest.get("holdout_goals"))
     manifest_sha = sha256_file(data_dir / MANIFEST_FILE)
+    counter = SkipCounter(strict)
+    split_shards(data_dir, split, manifest)
+    # the data's identity is what will be read: every intact shard by hash (damaged ones are reported here)
+    shards = {p.name: shard_sha256(p) for p in verified_shards(data_dir, split, manifest, counter)}
     num_candidates = len(rm.goals) + len(rm.spec.negatives)
-    meta = {"version": CACHE_VERSION, "model_id": rm.model_id, "manifest_sha256": manifest_sha, "split": split,
-            "limit": limit, "goals": list(rm.goals), "candidates": num_candidates}
-    path = _cache_path(Path(cache_dir), split, manifest_sha) if cache_dir is not None else None
+    meta = {"version": CACHE_VERSION, "model_id": rm.model_id, "manifest_sha256": manifest_sha, "shards": shards,
+            "split": split, "limit": limit, "goals": list(rm.goals), "candidates": num_candidates}
+    digest = sha256_text(f"{manifest_sha} {sorted(shards.items())}")
+    path = _cache_path(Path(cache_dir), split, digest) if cache_dir is not None else None
     if path is not None and (hit := _read_cache(path, meta)) is not None:
+        for problem in hit.meta.get("problems", []):  # met while the cached scores were made: say so again
+            quality_issue(f"{problem} (when these scores were cached in {path})", strict)
         return hit
+    shard_skips = len(counter.messages)
 
     from tqdm.auto import tqdm
 
     goals = list(rm.goals)
     index = {g: i for i, g in enumerate(goals)}
     total = manifest["splits"].get(split, {}).get("samples")
-    counter = SkipCounter(strict)
     sims, labels, own, keys, batch = [], [], [], [], []
 
     def flush():
@@ -125,6 +145,7 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     if not np.isin(label_arr, (0, 1)).all():
         raise VlmrError(f"dataset {data_dir} split {split!r}: labels must be 0 or 1, found {np.unique(label_arr).tolist()}")
     meta["skipped"] = counter.skipped
+    meta["problems"] = counter.messages[shard_skips:]  # sample-level ones; shard-level ones are in the cache key
     scores = Scores(np.concatenate(sims).astype(np.float32), label_arr.astype(np.int8), np.asarray(own, dtype=np.int64),
                     keys, goals, meta)
     if path is not None:

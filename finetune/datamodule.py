@@ -15,9 +15,13 @@ Shards are split across nodes (`split_by_node`) and dataloader workers
 With `select_fraction > 0` a `select` split is carved from train by env seed: whole episodes
 whose seed hashes below the fraction leave train and form the split that validation runs on,
 so early stopping and best-checkpoint choice never look at val, the split calibration fits on.
-Corrupt shards and bad samples are skipped with a warning and counted in
-`dm.skipped`, or raise with strict=True. The manifest is checked first: a
-dataset without one is incomplete.
+
+The manifest is checked first: a dataset without one is incomplete. Each
+shard's sha256 is checked against it (once per process) before the shard is
+streamed, and each frame against its frame_sha256 after decoding
+(vlmr.core.integrity). Damaged shards and samples are skipped with a warning
+and counted per split in `dm.skipped_by_split` (samples; dataloader workers
+included, each sample once however many epochs meet it), or raise with strict=True.
 """
 
 from __future__ import annotations
@@ -41,20 +45,22 @@ from vlmr.core.dataset import (
     split_shards,
 )
 from vlmr.core.errors import VlmrError
+from vlmr.core.integrity import hashed_urls, verified_shards
 
 
 class _Decode:
     """Raw sample -> training item; picklable so it runs inside dataloader workers."""
 
-    def __init__(self, goals: list[str], counter: SkipCounter, random_caption: bool, seed: int):
-        self.goals, self.counter, self.random_caption = goals, counter, random_caption
+    def __init__(self, goals: list[str], counter: SkipCounter, random_caption: bool, seed: int,
+                 hashed: frozenset[str] = frozenset()):
+        self.goals, self.counter, self.random_caption, self.hashed = goals, counter, random_caption, hashed
         self.index = {g: i for i, g in enumerate(goals)}
         self.rng = random.Random(seed)
 
     def __call__(self, stream):
         for raw in stream:
             try:
-                s = decode_sample(raw)
+                s = decode_sample(raw, raw.get("__url__") in self.hashed)
                 meta = s["meta"]
                 captions = meta.get("captions") or [meta.get("mission") or ""]
                 labels = meta.get("labels") or {}
@@ -63,7 +69,7 @@ class _Decode:
                        "labels": np.asarray([float(labels.get(g, 0)) for g in self.goals], dtype=np.float32),
                        "own_goal": self.index.get(meta.get("mission"), -1)}
             except Exception as e:  # noqa: BLE001 - one undecodable sample is skippable data damage
-                self.counter(e)
+                self.counter.skip(f"sample {raw.get('__url__')} {raw.get('__key__')}", f"corrupt data: {e}; skipping it")
 
 
 def collate(items: list[dict]) -> dict:
@@ -117,7 +123,7 @@ class ShardDataModule(pl.LightningDataModule):
         check_goal_sets(self.manifest["goals"], self.goals, data_dir, "the requested goal set",
                         holdout=self.manifest.get("holdout_goals"))
         self.image_size = self.manifest.get("image_size")
-        self.counter = SkipCounter(strict)
+        self.counters: dict[str, SkipCounter] = {}
 
     def shard_sizes(self, split: str = "train") -> list[int]:
         """Samples per shard of a split as loaded: train without the select split's episodes (read from the
@@ -136,25 +142,46 @@ class ShardDataModule(pl.LightningDataModule):
 
     @property
     def skipped(self) -> int:
-        """Bad shards/samples skipped in this process (dataloader workers count their own)."""
-        return self.counter.skipped
+        """Samples skipped so far, all splits."""
+        return sum(self.skipped_by_split.values())
+
+    @property
+    def skipped_by_split(self) -> dict[str, int]:
+        """Samples skipped so far per split read (damaged shards count all their samples)."""
+        return {split: c.skipped for split, c in self.counters.items()}
+
+    def counter(self, split: str) -> SkipCounter:
+        if split not in self.counters:  # made in this process, before workers start: they share its counts
+            self.counters[split] = SkipCounter(self.strict)
+        return self.counters[split]
+
+    def verify(self, split: str) -> list[str]:
+        """The split's shards whose sha256 matches the manifest; damaged ones are reported and counted."""
+        split_shards(self.data_dir, split, self.manifest)  # a missing split or shard is an error
+        return [str(p) for p in verified_shards(self.data_dir, split, self.manifest, self.counter(split))]
 
     def dataset(self, split: str):
         import webdataset as wds
 
         train = split == "train"
-        source = "train" if split == "select" else split
-        urls = [str(p) for p in split_shards(self.data_dir, source, self.manifest)]
+        source = "train" if split == "select" else split  # select is carved from train's shards
+        counter = self.counter(split)
+        split_shards(self.data_dir, source, self.manifest)  # a missing split or shard is an error
+        urls = [str(p) for p in verified_shards(self.data_dir, source, self.manifest, counter)]
+        if not urls:
+            raise VlmrError(f"dataset {self.data_dir} split {source!r} has no intact shard (see the warnings above); "
+                            f"`vlmr verify {self.data_dir}` lists them, `vlmr collect CONFIG --resume` repairs them")
         ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, nodesplitter=wds.split_by_node,
-                            workersplitter=wds.split_by_worker, handler=self.counter, empty_check=False,
+                            workersplitter=wds.split_by_worker, handler=counter, empty_check=False,
                             seed=self.seed if train else None)
-        ds = ds.compose(CountCheck(expected_counts(self.data_dir, source, self.manifest), self.counter))
+        ds = ds.compose(CountCheck(expected_counts(self.data_dir, source, self.manifest), counter))
         if self.select_fraction > 0 and source == "train":
             ds = ds.compose(_SeedFilter(self.select_fraction, keep_select=split == "select"))
         if train and self.shuffle_buffer > 1:
             ds = ds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
                             rng=random.Random(self.seed))
-        return ds.compose(_Decode(self.goals, self.counter, train, self.seed))
+        hashed = hashed_urls(self.data_dir, source, self.manifest)
+        return ds.compose(_Decode(self.goals, counter, train, self.seed, hashed))
 
     def _loader(self, split: str) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(self.dataset(split), batch_size=self.batch_size, collate_fn=collate,

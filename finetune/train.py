@@ -220,8 +220,6 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from vlmr.finetune.datamodule import ShardDataModule
 
-    from vlmr.core.dataset import split_shards
-
     tc = cfg.trainer
     run_dir = Path(cfg.output_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
@@ -233,8 +231,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         raise VlmrError(f"run {cfg.name}: trainer.early_stopping picks a checkpoint, so it needs a split of its own: "
                         "set data.select_fraction (e.g. 0.1) to carve a select split from train; it must not be "
                         "val, the split calibration fits on")
-    for split in ("train", "val"):
-        split_shards(cfg.data.dir, split, dm.manifest)  # a missing split or shard fails here, not mid-training
+    for split in ("train",) if dm.val_split == "select" else ("train", "val"):  # select is read from train
+        dm.verify(split)  # a missing split or shard fails here, not mid-training; damaged shards are counted
     if last.is_file() and not cfg.resume:
         print(f"resume=false: starting over; removing the old checkpoints in {ckpt_dir}")
         shutil.rmtree(ckpt_dir)
@@ -310,7 +308,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "mode": "lora" if cfg.lora is not None else "full", "world_size": trainer.world_size,
                "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
                "total_params": sum(p.numel() for p in module.clip.parameters()),
-               "reward_model": str(run_dir / "reward_model")}
+               "reward_model": str(run_dir / "reward_model"),
+               "skipped_samples": dm.skipped_by_split}  # damaged samples left out (this process and its workers)
     if trainer.is_global_zero:
         module.cpu()
         rm = to_reward_model(module, with_adapter=steps_trained > 0)

@@ -37,3 +37,13 @@ def test_flop_count_matches_a_hand_count_and_the_table_has_it():
     out = reward_throughput("vlmr-tiny", batch_sizes=(2,), min_seconds=0.01, naive_frames=1)
     assert out["image_gflops"] > 0 and out["rows"][0]["fraction_of_peak"] is None  # CPU: no bf16 peak
     assert "GFLOP/frame" in markdown([out]) and torch.get_num_threads() >= 1
+
+
+def test_integrity_bench_measures_both_arms():
+    from vlmr.bench.integrity import bench_integrity, markdown
+
+    out = bench_integrity(frames=60, min_seconds=0.01)
+    assert out["read_fps"] > 0 and out["read_unchecked_fps"] > 0 and 0 < out["collection_overhead"] < 1
+    assert 0.2 < out["read_ratio"] < 5 and "| iter_split" in markdown(out)
+    lines = "\n".join(goal_lines({"integrity": out}))
+    assert "read throughput with integrity checks / without" in lines

@@ -16,6 +16,7 @@ from vlmr.finetune.reward_model import RewardModel
 from vlmr.core.calibration_file import read_calibration
 from vlmr.core.dataset import load_split_arrays, read_manifest
 from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_json, sha256_file
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -172,6 +173,10 @@ def rewrite_split(src, dst, split, edit):
                 info = tarfile.TarInfo(name)
                 info.size = len(blob)
                 tar.addfile(info, io.BytesIO(blob))
+    manifest = read_manifest(dst)  # re-signed: these tests are about the edited labels, not damaged shards
+    for entry in manifest["splits"][split]["shards"]:
+        entry["sha256"] = sha256_file(dst / entry["name"])
+    atomic_write_json(dst / "manifest.json", manifest)
     return dst
 
 

@@ -103,27 +103,28 @@ def _truncate(path):
 
 def test_corrupt_shard_is_skipped_and_counted_or_strict_error(tmp_path):
     out = collect(shapes_cfg(tmp_path / "d"), progress=False)
-    _truncate(out / "val-000000.tar")
-    with pytest.warns(UserWarning, match="corrupt data.*skipping it"):
-        arrays = load_split_arrays(out, "val")
-    assert arrays.skipped >= 1 and 0 < len(arrays.keys) < 20 + 20
+    _truncate(out / "train-000001.tar")
+    with pytest.warns(UserWarning, match="train-000001.tar: sha256.*skipping its 20 samples"):
+        arrays = load_split_arrays(out, "train")
+    assert arrays.skipped == 20 and len(arrays.keys) == 40  # the whole shard: none of its samples is trusted
     dm = ShardDataModule(out, batch_size=8)
-    with pytest.warns(UserWarning, match="corrupt data.*skipping it"):
-        n = sum(len(b["keys"]) for b in dm.val_dataloader())
-    assert n == len(arrays.keys) and dm.skipped >= 1
-    strict = ShardDataModule(out, batch_size=8, strict=True)
-    with pytest.raises(VlmrError, match="corrupt data"):
-        list(strict.val_dataloader())
+    with pytest.warns(UserWarning, match="train-000001.tar: sha256"):
+        n = sum(len(b["keys"]) for b in dm.train_dataloader())
+    assert n == len(arrays.keys) and dm.skipped_by_split == {"train": 20}
+    with pytest.raises(VlmrError, match="train-000001.tar: sha256"):
+        ShardDataModule(out, batch_size=8, strict=True).train_dataloader()
     # resume: a complete shard that no longer matches its record is rewritten, or an error with --strict
     with pytest.raises(VlmrError, match="does not match"):
         collect(dataclasses.replace(shapes_cfg(tmp_path / "d"), strict=True), resume=True, progress=False)
     with pytest.warns(UserWarning, match="rewriting it"):
         collect(shapes_cfg(tmp_path / "d"), resume=True, progress=False)
-    assert len(load_split_arrays(out, "val", strict=True).keys) == 20
+    assert len(load_split_arrays(out, "train", strict=True).keys) == 60
 
 
 def test_bad_png_is_skipped(tmp_path):
     import webdataset as wds
+
+    from vlmr.core.files import atomic_write_json, sha256_file
 
     out = collect(shapes_cfg(tmp_path / "d"), progress=False)
     shard = out / "test-000000.tar"
@@ -132,6 +133,9 @@ def test_bad_png_is_skipped(tmp_path):
     with wds.TarWriter(str(shard)) as w:
         for s in samples:
             w.write({k: v for k, v in s.items() if k in ("__key__", "frame.png", "meta.json")})
+    manifest = read_manifest(out)  # re-signed, so the shard is read and the one bad sample is what is skipped
+    manifest["splits"]["test"]["shards"][0]["sha256"] = sha256_file(shard)
+    atomic_write_json(out / "manifest.json", manifest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         arrays = load_split_arrays(out, "test")

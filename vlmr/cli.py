@@ -5,6 +5,7 @@
     vlmr configs                                      # the shipped configs, by name
     vlmr configs show babyai_demo                     # print one; `copy NAME [DEST]` copies it for editing
     vlmr collect --source shapes
+    vlmr verify data/shapes                           # every shard and frame against its hash; per-shard verdict
     vlmr finetune babyai_lora trainer.max_steps=200
     vlmr calibrate babyai_goto
     vlmr pipeline babyai_demo                         # the whole chain (`make demo`)
@@ -17,14 +18,17 @@ need no torch. A command whose optional dependencies are missing says which extr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 COMMANDS = {  # command -> module:function(argv)
     "models": "vlmr.commands:models_main",
     "score": "vlmr.commands:score_main",
+    "verify": "vlmr.core.verify:verify_main",
     "configs": "vlmr.cli:configs_main",
     "collect": "vlmr.rl.collect.collect:main",
     "finetune": "vlmr.finetune.train:main",
@@ -39,6 +43,7 @@ COMMANDS = {  # command -> module:function(argv)
 HELP = {
     "models": "list architectures and which have weights offline",
     "score": "score image files or a shard for given goals",
+    "verify": "check a dataset's shards and frames against their hashes",
     "configs": "list, show or copy the shipped configs",
     "collect": "collect frame-caption data into webdataset shards",
     "finetune": "adapt a CLIP reward model with LoRA (or train fully)",
@@ -114,6 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def one_line_data_warnings():
+    """Warnings about data (quality, integrity) print as one 'warning: ...' line, from every stage; others as usual."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            from vlmr.core.integrity import LegacyDatasetWarning
+            from vlmr.core.quality import QualityWarning
+
+            if issubclass(category, (QualityWarning, LegacyDatasetWarning)):
+                print(f"warning: {message}", file=file or sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -131,8 +155,9 @@ def run_command(argv: list[str]) -> int:
     from vlmr.core.errors import VlmrError
 
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(rest) or 0)
+        with one_line_data_warnings():
+            func = getattr(importlib.import_module(module_name), func_name)
+            return int(func(rest) or 0)
     except VlmrError as e:
         print(f"vlmr {name}: error: {e}", file=sys.stderr)
         return 2

@@ -29,10 +29,13 @@ DEFAULT_CONTRASTS = [("adapted", "zero_shot")]
 
 
 def dataset_valid(path: Path) -> bool:
+    """Complete and intact: a shard damaged since collection reruns the collect stage, whose resume rewrites it."""
     from vlmr.core.dataset import SPLITS, read_manifest, split_shards
+    from vlmr.core.integrity import shard_problem
 
     manifest = read_manifest(path)
-    return all(split_shards(path, s, manifest) for s in SPLITS)
+    return (all(split_shards(path, s, manifest) for s in SPLITS)
+            and not any(shard_problem(path / e["name"], e) for s in manifest["splits"].values() for e in s["shards"]))
 
 
 def reward_model_valid(path: Path) -> bool:

@@ -10,6 +10,7 @@ Sections (each is also a module you can run alone):
 3. rl          PPO steps/s with the VLM reward vs the ground-truth reward             vlmr.bench.ppo
 4. lora        LoRA vs full fine-tune: trainable fraction, images/s, peak memory      vlmr.bench.lora
 5. collection  BabyAI frames/s with 1 and 2 workers                                    (here)
+6. integrity   read throughput with and without shard and frame hash checks            vlmr.bench.integrity
 Writes <out>/bench.json and <out>/bench.md and prints the ratios against the goals.
 Absolute numbers from a shared CPU are noisy; the ratios are what to compare.
 """
@@ -28,7 +29,7 @@ import torch
 
 from vlmr.core.files import atomic_write_json, atomic_write_text
 
-SECTIONS = ("reward", "cache", "rl", "lora", "collection")
+SECTIONS = ("reward", "cache", "rl", "lora", "collection", "integrity")
 
 
 def bench_cache(image_size: int = 64, steps: int = 2000, num_envs: int = 8, arch: str = "vlmr-tiny") -> dict:
@@ -117,6 +118,10 @@ def run_sections(sections, quick: bool) -> dict:
                                        steps=2 if quick else 4, device=device)
         elif name == "collection":
             results[name] = bench_collection(3000 if quick else 6000)
+        elif name == "integrity":
+            from vlmr.bench.integrity import bench_integrity
+
+            results[name] = bench_integrity(1000 if quick else 4000, min_seconds=0.5 if quick else 2.0)
         print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
     return results
 
@@ -150,6 +155,11 @@ def goal_lines(results: dict) -> list[str]:
         c = results["collection"]
         check("collection frames/s per worker (BabyAI, 1 worker)", c["workers_1_fps"], 300)
         lines.append(f"- collection scaling, 2 workers / 1: {c['scaling_2_over_1']:.2f}x")
+    if "integrity" in results:
+        i = results["integrity"]
+        check("read throughput with integrity checks / without (first read)", i["read_ratio"], 0.9)
+        check("finetune loader throughput with integrity checks / without", i["loader_ratio"], 0.9)
+        check("collection time spent on frame hashes", i["collection_overhead"], 0.03, higher=False)
     return lines
 
 
@@ -176,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         md += ["## LoRA cost", "", "```", format_results(results["lora"]), "```", ""]
     if "rl" in results:
         md += ["## PPO steps/s", "", f"`{results['rl']['sps']}`", ""]
+    if "integrity" in results:
+        from vlmr.bench.integrity import markdown as integrity_markdown
+
+        md += ["## Integrity checks", "", integrity_markdown(results["integrity"]), ""]
     text = "\n".join(md)
     print(text)
     out = Path(args.out)

@@ -8,8 +8,10 @@ Reading:
     arrays = load_split_arrays("data/babyai_goto", "test", goals=rm.goals)   # frames, labels, own-goal ids
 
 A dataset without a manifest is incomplete (the manifest is written last).
-Corrupt shards and bad samples are skipped with a warning and counted, or
-raise with strict=True.
+Every shard's sha256 is checked against the manifest before it is read, and
+every frame against its frame_sha256 after it is decoded (vlmr.core.integrity).
+Damaged shards and samples are skipped with a warning and counted (in samples,
+per reader: `SkipCounter.skipped`, `SplitArrays.skipped`), or raise with strict=True.
 
 Writing:
 
@@ -26,6 +28,7 @@ manifest is written last, atomically: without it the dataset is incomplete.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -36,6 +39,7 @@ import numpy as np
 
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, read_json, sha256_file
+from vlmr.core.integrity import check_frame, frame_sha256, hashed_urls, verified_shards
 from vlmr.core.quality import quality_issue
 
 MANIFEST_VERSION = 1
@@ -69,22 +73,52 @@ def split_shards(data_dir: str | Path, split: str, manifest: dict | None = None)
         raise VlmrError(f"dataset {data_dir} has no {split!r} split (it has {sorted(manifest['splits'])})")
     shards = [data_dir / s["name"] for s in entry["shards"]]
     missing = [p.name for p in shards if not p.is_file()]
-    if missing:
+    if missing:  # a missing file is a broken dataset, not data damage to skip: no stage should go on without it
         raise VlmrError(f"dataset {data_dir}: shards listed in the manifest are missing: {missing[:5]}")
     return shards
 
 
 class SkipCounter:
-    """A webdataset handler that warns and counts bad shards or samples, or raises in strict mode."""
+    """Warns about and counts skipped samples, or raises in strict mode; also a webdataset handler.
+
+    Counts sit in shared memory, so skips met in dataloader worker processes reach the parent, and each
+    skipped thing (a whole shard, or one sample) counts once however many epochs or readers meet it.
+    `skipped` is the number of samples left out.
+    """
+
+    CAPACITY = 4096  # distinct skipped things remembered; beyond that each skip counts again
 
     def __init__(self, strict: bool = False):
-        self.strict, self.skipped = strict, 0
-        self.messages: list[str] = []
+        import multiprocessing as mp
+
+        self.strict = strict
+        self._lock = mp.Lock()
+        self._seen = mp.RawArray("Q", self.CAPACITY)
+        self._distinct = mp.RawValue("q", 0)
+        self._samples = mp.RawValue("q", 0)
+        self.messages: list[str] = []  # this process's messages, in order
+
+    @property
+    def skipped(self) -> int:
+        return int(self._samples.value)
+
+    def skip(self, what: str, message: str, samples: int = 1) -> None:
+        """Count `samples` skipped for `what` (once per distinct `what`) and warn, or raise under strict."""
+        ident = int.from_bytes(hashlib.blake2b(what.encode(), digest_size=8).digest(), "little")
+        with self._lock:
+            n = self._distinct.value
+            if ident in self._seen[:min(n, self.CAPACITY)]:
+                return
+            if n < self.CAPACITY:
+                self._seen[n] = ident
+            self._distinct.value = n + 1
+            self._samples.value += samples
+        self.messages.append(message)
+        quality_issue(message, self.strict, stacklevel=3)
 
     def __call__(self, exn: Exception) -> bool:
-        quality_issue(f"corrupt data: {type(exn).__name__}: {str(exn)[:200]}; skipping it", self.strict)
-        self.skipped += 1
-        self.messages.append(str(exn))
+        text = f"{type(exn).__name__}: {str(exn)[:300]}"
+        self.skip(text, f"corrupt data: {text}; skipping it")
         return True
 
 
@@ -111,7 +145,8 @@ class CountCheck:
             return
         if any(url in m for m in self.counter.messages):
             return
-        self.counter(ValueError(f"shard {url} is truncated: {n} of {want} samples readable"))
+        self.counter.skip(f"count {url}", f"corrupt data: shard {url} is truncated: {n} of {want} samples "
+                          "readable; skipping the rest", samples=want - n)
 
     def __call__(self, stream):
         url, n = None, 0
@@ -125,32 +160,47 @@ class CountCheck:
         self._check(url, n)
 
 
-def decode_sample(sample: dict) -> dict:
-    """Raw webdataset sample (bytes) -> {"key", "frame": uint8 H x W x 3, "meta": dict}."""
+def decode_sample(sample: dict, require_hash: bool = False) -> dict:
+    """Raw webdataset sample (bytes) -> {"key", "frame": uint8 H x W x 3, "meta": dict}.
+
+    The decoded pixels are checked against meta.json's frame_sha256 (which `require_hash` says must be there):
+    a PNG that decodes to other pixels than were collected raises ValueError, like one that does not decode.
+    """
     from PIL import Image
 
     if "frame.png" not in sample or "meta.json" not in sample:
         raise ValueError(f"sample {sample.get('__key__')} lacks frame.png or meta.json")
     frame = np.asarray(Image.open(io.BytesIO(sample["frame.png"])).convert("RGB"))
     meta = json.loads(sample["meta.json"])
+    check_frame(frame, meta, sample["__key__"], sample.get("__url__"), require_hash)
     return {"key": sample["__key__"], "frame": frame, "meta": meta}
 
 
 def iter_split(data_dir: str | Path, split: str, strict: bool = False, counter: SkipCounter | None = None
                ) -> Iterator[dict]:
-    """Every sample of a split, in shard order; bad samples are skipped (and counted in `counter`)."""
+    """Every sample of a split, in shard order; damaged shards and samples are skipped (and counted in `counter`).
+
+    Each shard's sha256 is checked against the manifest before it is streamed, and each frame against its
+    frame_sha256 after it is decoded (vlmr.core.integrity).
+    """
     import webdataset as wds
 
     counter = counter or SkipCounter(strict)
     manifest = read_manifest(data_dir)
-    urls = [str(p) for p in split_shards(data_dir, split, manifest)]
+    split_shards(data_dir, split, manifest)  # a split the manifest lacks is an error, not a skip
+    urls = [str(p) for p in verified_shards(data_dir, split, manifest, counter)]
+    if not urls:
+        return
+    hashed = hashed_urls(data_dir, split, manifest)
     stream = wds.WebDataset(urls, shardshuffle=False, handler=counter, empty_check=False)
     stream = stream.compose(CountCheck(expected_counts(data_dir, split, manifest), counter))
     for raw in stream:
         try:
-            yield decode_sample(raw)
+            sample = decode_sample(raw, raw.get("__url__") in hashed)
         except Exception as e:  # noqa: BLE001 - any decode failure of one sample is skippable data damage
-            counter(e)
+            counter.skip(f"sample {raw.get('__url__')} {raw.get('__key__')}", f"corrupt data: {e}; skipping it")
+            continue
+        yield sample
 
 
 @dataclasses.dataclass
@@ -253,6 +303,8 @@ class ShardSink:
         self.stats: dict | None = None
 
     def write(self, key: str, frame: np.ndarray, meta: dict, frame_png: bytes | None = None) -> None:
+        """Write one sample; meta.json gets the frame's pixel hash (frame_png, when given, must encode `frame`)."""
+        meta = {**meta, "frame_sha256": frame_sha256(frame)}
         self.writer.write({"__key__": key, "frame.png": frame_png or encode_png(frame), "meta.json": encode_meta(meta)})
         self.samples += 1
         self.episodes.add(meta.get("episode"))
@@ -269,7 +321,8 @@ class ShardSink:
         os.replace(self.tmp, self.final)
         self.stats = {"name": self.final.name, "samples": self.samples, "sha256": sha256_file(self.final),
                       "episodes": len(self.episodes), "positives": self.positives,
-                      "env_seeds": [min(self.seeds), max(self.seeds)] if self.seeds else None}
+                      "env_seeds": [min(self.seeds), max(self.seeds)] if self.seeds else None,
+                      "frame_hashes": True}
         return self.stats
 
     def abort(self) -> None:
@@ -295,7 +348,9 @@ def split_summary(shard_stats: list[dict]) -> dict:
         for g, n in s["positives"].items():
             positives[g] = positives.get(g, 0) + n
     seeds = [s["env_seeds"] for s in shard_stats if s.get("env_seeds")]
-    return {"shards": [{k: s[k] for k in ("name", "samples", "sha256")} for s in shard_stats],
+    # frame_hashes: the shard's samples carry frame_sha256 (absent in shards of an older vlmr, kept on --resume)
+    return {"shards": [{k: s[k] for k in ("name", "samples", "sha256", "frame_hashes") if s.get(k) is not None}
+                       for s in shard_stats],
             "samples": sum(s["samples"] for s in shard_stats),
             "episodes": sum(s["episodes"] for s in shard_stats),
             "positives": dict(sorted(positives.items())),
