@@ -39,6 +39,11 @@ def _own(m: dict | None) -> str:
     return f"{fmt(m['precision'], 2)} / {fmt(m['recall'], 2)} ({m['positives']} / {m['negatives']})"
 
 
+def _skipped(part: dict) -> str:
+    n = part.get("skipped") or 0
+    return f"; **{n} damaged samples skipped**" if n else ""
+
+
 def _guarantee_lines(summary: dict, crit: dict) -> list[str]:
     own, every = summary.get("test_own_goal") or {}, summary.get("test_all_frames") or {}
     return [
@@ -97,8 +102,8 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         f"Reward model `{cal['model_id'][:12]}` ({fit['model']['arch']}, {len(cal['goals'])} goals). "
         f"Dataset `{fit['data']['name']}` (manifest sha256 `{fit['data']['manifest_sha256'][:12]}`).",
         "",
-        f"- Fitted on split `{fit['split']}` ({fit['frames']} frames); every metric below is on the held-out split "
-        f"`{metrics['split']}` ({metrics['frames']} frames).",
+        f"- Fitted on split `{fit['split']}` ({fit['frames']} frames{_skipped(fit)}); every metric below is on the "
+        f"held-out split `{metrics['split']}` ({metrics['frames']} frames{_skipped(metrics)}).",
         f"- Threshold criterion: {crit['description']}.",
         f"- Temperature: per goal, maximum likelihood of P(g|o) against the labels, searched over "
         f"[{fit['temperature_bounds'][0]:g}, {fit['temperature_bounds'][1]:g}] in log space.",
