@@ -45,7 +45,7 @@ from vlmr.finetune.resume import check_resume, run_record
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, check_writable, write_error
+from vlmr.core.files import atomic_write_json, check_writable, set_usual_mode, write_error
 from vlmr.core.provenance import run_info
 from vlmr.core.reporting import fmt
 from vlmr.core.tracking import finish_lightning_logger, lightning_logger
@@ -206,6 +206,7 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp))
+            set_usual_mode(tmp)  # safetensors creates its files 0600
             os.replace(tmp, path)
         except Exception as e:  # safetensors reports a full disk as its own error type
             tmp.unlink(missing_ok=True)

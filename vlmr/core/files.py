@@ -39,6 +39,11 @@ def current_umask() -> int:
     return _UMASK  # no /proc (macOS): the umask at import
 
 
+def set_usual_mode(path: str | os.PathLike) -> None:
+    """Give a file 0666 and a folder 0777 less the umask: libraries such as safetensors create files 0600."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~current_umask())
+
+
 class WriteError(VlmrError, OSError):
     """A file or folder could not be written; still an OSError, so `except OSError` callers keep working."""
 
@@ -49,7 +54,7 @@ class WriteError(VlmrError, OSError):
 def write_error(path: str | os.PathLike, err: OSError, what: str = "") -> WriteError:
     """The one-line error for an OSError while writing `path` (what: "calibration file", ...)."""
     reason = err.strerror or str(err)
-    hint = {errno.ENOSPC: "free some space", errno.EROFS: "the file system is read-only; write elsewhere",
+    hint = {errno.ENOSPC: "free some space", errno.EROFS: "choose a folder on a writable file system",
             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
             errno.EDQUOT: "free some space (disk quota)"}.get(err.errno, "")
     text = f"cannot write {what + ' ' if what else ''}{path}: {reason}" + (f"; {hint}" if hint else "")
@@ -147,7 +152,8 @@ def atomic_dir(path: str | os.PathLike):
     one (readers then say it is missing), and the old version at `.NAME.old`; the next atomic_dir on the
     same path puts that back before it starts.
 
-    The folder gets the usual mode (0777 less the umask), not mkdtemp's 0700. An OSError while
+    The folder and everything in it get the usual modes (0777 / 0666 less the umask), whatever mode
+    mkdtemp (0700) or the libraries writing into it (safetensors: 0600) chose. An OSError while
     filling or swapping it in (read-only, disk full) becomes a WriteError naming `path`.
     """
     path = Path(path)
@@ -157,11 +163,12 @@ def atomic_dir(path: str | os.PathLike):
         if old.is_dir() and not path.exists():  # a crash between the two renames of an earlier call
             os.replace(old, path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-        os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as e:
         raise write_error(path, e) from None
     try:
         yield tmp
+        for p in (tmp, *tmp.rglob("*")):  # what the body's writers chose (mkdtemp 0700, safetensors 0600)
+            set_usual_mode(p)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
