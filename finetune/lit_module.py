@@ -28,7 +28,7 @@ from vlmr.finetune.losses import (
 )
 from vlmr.finetune.models import create_clip, image_preprocess_cfg
 from vlmr.finetune.preprocess import preprocess_frames
-from vlmr.finetune.resume import apply_optim
+from vlmr.finetune.resume import REFUSE, apply_optim, policy
 from vlmr.finetune.reward_math import all_goal_log_probs, normalize
 from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
 from vlmr.finetune.validation import SUMMARY_KEYS, GoalScores, sample_rows
@@ -286,9 +286,10 @@ class ClipFinetuneModule(pl.LightningModule):
                             f"{self.model_cfg.pretrained}); start a new run (another name, or resume=false)")
         hp = checkpoint.get("hyper_parameters", {})
         for key in ("model", "lora"):
-            # the base file may have moved with its run folder: its sha256 was compared above
-            ours = {k: v for k, v in (self.hparams[key] or {}).items() if k != "pretrained"}
-            theirs = {k: v for k, v in (hp.get(key) or {}).items() if k != "pretrained"}
+            # only what resume.POLICY refuses: the base file may have moved with its run folder (its sha256 was
+            # compared above), the goal set was compared itself, grad_checkpointing gives the same numbers
+            ours = {k: v for k, v in (self.hparams[key] or {}).items() if policy(f"{key}.{k}") == REFUSE}
+            theirs = {k: v for k, v in (hp.get(key) or {}).items() if policy(f"{key}.{k}") == REFUSE}
             if key in hp and ours != theirs:
                 diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
                 raise VlmrError(f"the checkpoint's {key!r} settings differ from this config in {diff or key}; "

@@ -114,9 +114,10 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int) -> dict:
     out = Path(cfg.out_dir)
     try:
         stats = _write_shard(cfg, source, out, split, index, nframes)
-    except OSError as e:  # a full disk mid-shard: ShardSink removed its temp file; say which shard
+    except OSError as e:  # a full disk mid-shard: no partial shard, and say which
         if isinstance(e, VlmrError):
             raise
+        (out / f".{shard_name(split, index)}.tmp").unlink(missing_ok=True)  # ShardSink's, when closing it failed
         raise write_error(out / shard_name(split, index), e, "shard") from None
     atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
     return stats
