@@ -150,10 +150,10 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
     archs = [m.arch for m in cfg.models]
     if len(set(archs)) < len(archs):  # chains are named by arch: two entries would share one run folder
         raise VlmrError(f"scaling: `models` lists an architecture twice ({archs}); give each size once")
-    check_writable(Path(cfg.runs_dir) / cfg.name, "scaling output folder")  # before the first chain
+    chains = [chain_config(cfg, model) for model in cfg.models]  # every chain's config is read before any runs
+    check_writable(Path(cfg.runs_dir) / cfg.name, "scaling output folder")
     rows = []
-    for model in cfg.models:
-        chain = chain_config(cfg, model)
+    for model, chain in zip(cfg.models, chains):
         if not plot_only:
             print(f"== scaling: {model.arch} ({chain.name})", flush=True)
             pipeline(chain)
