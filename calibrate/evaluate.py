@@ -34,7 +34,7 @@ from vlmr.calibrate.scores import score_split
 
 from vlmr.core.config import build_config, config_dataclass, config_to_dict
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, read_json
+from vlmr.core.files import atomic_write_json, check_writable, read_json
 from vlmr.core.metrics import METRICS
 from vlmr.core.quality import STRICT_HELP
 
@@ -145,6 +145,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     from vlmr.core.files import sha256_file
 
     t0 = time.time()
+    if cfg.out or cfg.logger != "none":  # before the scoring, not after it
+        check_writable(Path(cfg.out).parent if cfg.out else Path("."), "evaluate output folder")
     device = resolve_device(cfg.device)
     manifest = read_manifest(cfg.data)
     results = []

@@ -33,7 +33,7 @@ from vlmr.calibrate.scores import score_split
 from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text
+from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable
 from vlmr.core.metrics import METRICS, pooled_count_metrics
 from vlmr.core.quality import quality_issue
 from vlmr.core.reporting import fmt
@@ -184,6 +184,8 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
 
     t0 = time.time()
     out, art = output_paths(cfg)
+    for folder in dict.fromkeys((out.parent, art)):  # before the scoring, not after it (`out=` writes elsewhere)
+        check_writable(folder, "calibration output folder")
     device = resolve_device(cfg.device)
     rm = RewardModel.load(cfg.reward_model, device=device)
     manifest = read_manifest(cfg.data)

@@ -28,6 +28,7 @@ from vlmr.finetune.losses import (
 )
 from vlmr.finetune.models import create_clip, image_preprocess_cfg
 from vlmr.finetune.preprocess import preprocess_frames
+from vlmr.finetune.resume import REFUSE, apply_optim, policy
 from vlmr.finetune.reward_math import all_goal_log_probs, normalize
 from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
 from vlmr.finetune.validation import SUMMARY_KEYS, GoalScores, sample_rows
@@ -119,6 +120,7 @@ class ClipFinetuneModule(pl.LightningModule):
         self.val_step_seen = -1  # global step of the last finished validation
         self.val_history: list[dict] = []  # {"step", headline val/ numbers, "val/loss"} of every validation
         self.start_step = 0  # global step at which this fit started (> 0 when resumed)
+        self.run_record: dict = {}  # settings and resume history saved with checkpoints (vlmr.finetune.resume)
 
     # ------------------------------------------------------------ model pieces
     @property
@@ -256,23 +258,25 @@ class ClipFinetuneModule(pl.LightningModule):
                 (decay if p.ndim >= 2 else no_decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=oc.lr, betas=tuple(oc.betas))
-        total, warm = max(1, self.hparams.max_steps), max(0, oc.warmup_steps)
-
-        def schedule(step):
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step))  # read at each step
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at `step` as a fraction of optim.lr: linear warm-up, then cosine to min_lr_ratio."""
+        oc = self.optim_cfg
+        total, warm = max(1, self.hparams.max_steps), max(0, oc.warmup_steps)
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     # ------------------------------------------------------------ checkpoints
     def _frozen_keys(self) -> set[str]:
         return {n for n, p in self.named_parameters() if not p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["vlmr"] = {"goals": self.goals, "base_sha256": self.base_sha256, "val_history": self.val_history}
+        checkpoint["vlmr"] = {"goals": self.goals, "base_sha256": self.base_sha256, "val_history": self.val_history,
+                              **self.run_record}
         if self.lora_cfg is not None:  # the frozen base is in its own file (sha-checked): keep checkpoints small
             frozen = self._frozen_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
@@ -289,9 +293,10 @@ class ClipFinetuneModule(pl.LightningModule):
                             f"{self.model_cfg.pretrained}); start a new run (another name, or resume=false)")
         hp = checkpoint.get("hyper_parameters", {})
         for key in ("model", "lora"):
-            # the base file may have moved with its run folder: its sha256 was compared above
-            ours = {k: v for k, v in (self.hparams[key] or {}).items() if k != "pretrained"}
-            theirs = {k: v for k, v in (hp.get(key) or {}).items() if k != "pretrained"}
+            # only what resume.POLICY refuses: the base file may have moved with its run folder (its sha256 was
+            # compared above), the goal set was compared itself, grad_checkpointing gives the same numbers
+            ours = {k: v for k, v in (self.hparams[key] or {}).items() if policy(f"{key}.{k}") == REFUSE}
+            theirs = {k: v for k, v in (hp.get(key) or {}).items() if policy(f"{key}.{k}") == REFUSE}
             if key in hp and ours != theirs:
                 diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
                 raise VlmrError(f"the checkpoint's {key!r} settings differ from this config in {diff or key}; "
@@ -300,6 +305,7 @@ class ClipFinetuneModule(pl.LightningModule):
             state = self.state_dict()
             frozen = self._frozen_keys()
             checkpoint["state_dict"] = {**{k: v for k, v in state.items() if k in frozen}, **checkpoint["state_dict"]}
+        apply_optim(checkpoint, self.optim_cfg, self.lr_factor)  # a changed optim section applies from here on
 
 
 class NonFiniteLossError(RuntimeError):

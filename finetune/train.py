@@ -11,6 +11,13 @@ Writes runs/<name>/: run.json (config, seed, versions, git commit), checkpoints/
 the logger's files (wandb/ offline by default, or csv/), reward_model/ (peft adapter +
 reward_model.json, or full weights when `lora: null`), summary.json. A rerun resumes from
 checkpoints/last.ckpt (resume: true) and continues the step count.
+
+What a resume may change (vlmr.finetune.resume; docs/DESIGN.md, "Resuming a run"): changed model,
+lora, loss, seed, data (its shards, batch_size, shuffle_buffer) or number of processes are refused
+with the changed keys listed; changed optim.*, trainer.max_steps, trainer.grad_clip and
+trainer.precision are applied from the checkpoint's step (the schedule rebuilt from the new values)
+and recorded under "resumes" in run.json and summary.json; the rest (paths, logging, validation and
+checkpoint intervals, hardware, strict) never blocks a resume.
 """
 
 from __future__ import annotations
@@ -34,10 +41,11 @@ from vlmr.finetune.lit_module import (
     OptimSection,
 )
 from vlmr.finetune.lora import LoraSection
+from vlmr.finetune.resume import check_resume, run_record
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json
+from vlmr.core.files import atomic_write_json, check_writable, set_usual_mode, write_error
 from vlmr.core.provenance import run_info
 from vlmr.core.reporting import fmt
 from vlmr.core.tracking import finish_lightning_logger, lightning_logger
@@ -115,8 +123,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk: no partial temp file, and one line naming the checkpoint
+            tmp.unlink(missing_ok=True)
+            raise write_error(path, e, "checkpoint") from None
 
 
 class Throughput(pl.Callback):
@@ -208,8 +220,17 @@ def prepare_base(cfg: FinetuneConfig, run_dir: Path) -> ModelSection:
         torch.manual_seed(cfg.seed)
         clip, _ = create_clip(model.arch)
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
+        try:
+            save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp))
+            set_usual_mode(tmp)  # safetensors creates its files 0600
+            os.replace(tmp, path)
+        except Exception as e:  # safetensors reports a full disk as its own error type
+            tmp.unlink(missing_ok=True)
+            from vlmr.core.files import as_os_error
+
+            if (os_err := as_os_error(e)) is None:
+                raise
+            raise write_error(path, os_err, "base weights") from None
     return dataclasses.replace(model, pretrained=str(path))
 
 
@@ -224,6 +245,7 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     run_dir = Path(cfg.output_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    check_writable(run_dir, "run folder")  # before the data is read or a step is trained
     dm = ShardDataModule(cfg.data.dir, goals=cfg.model.goals, batch_size=cfg.data.batch_size,
                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed,
                          strict=cfg.strict, select_fraction=cfg.data.select_fraction)
@@ -270,10 +292,16 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         num_sanity_val_steps=0, default_root_dir=str(run_dir), enable_model_summary=False,
         enable_progress_bar=tc.progress_bar if progress is None else progress,
     )
+    ckpt_path = str(last) if cfg.resume and last.is_file() else None
+    module.run_record = {"config": run_record(cfg, dm.manifest, world), "resumes": []}
+    if ckpt_path:  # refuse changed settings that would mix two runs; apply and record the optimisation ones
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        module.run_record["resumes"] = check_resume(saved, module.run_record["config"], cfg, trainer.is_global_zero)
+        info["resumes"] = module.run_record["resumes"]
+        del saved
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "run.json", info)
     start = time.perf_counter()
-    ckpt_path = str(last) if cfg.resume and last.is_file() else None
     best_step = None
     try:
         if tc.max_steps > 0:
@@ -286,9 +314,15 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         elif module.val_step_seen != trainer.global_step or tc.max_steps == 0:
             trainer.validate(module, datamodule=dm, verbose=False)
     except NonFiniteLossError as e:
-        where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-        raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {where}. Lower optim.lr or enable trainer.grad_clip, "
-                        "then rerun (resume: true continues from the checkpoint).") from None
+        lower = f"optim.lr={cfg.optim.lr / 10:g}"
+        if last.is_file():
+            step = torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+            how = (f"the last good checkpoint is {last} (step {step}). Rerun with a lower learning rate, e.g. {lower}: "
+                   f"the run continues from step {step} with it applied (resume=false starts over)")
+        else:
+            how = f"no checkpoint was written yet. Rerun with a lower learning rate, e.g. {lower}"
+        clip = "" if tc.grad_clip else ", or with trainer.grad_clip=1.0"
+        raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {how}{clip}.") from None
     except Exception as e:
         if best is None or tc.early_stopping.monitor not in str(e):
             raise
@@ -302,7 +336,7 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "best_step": best_step,
                "stopped_early": best is not None and 0 < steps_trained < tc.max_steps,
                "val_split": dm.val_split, "val_curve": curve,
-               "resumed_from": ckpt_path,
+               "resumed_from": ckpt_path, "resumes": module.run_record["resumes"],
                "train_seconds": round(time.perf_counter() - start, 2), "images_per_s": throughput.rate,
                "temperature": float(module.reward_temperature().detach()), "val": metrics,
                "mode": "lora" if cfg.lora is not None else "full", "world_size": trainer.world_size,

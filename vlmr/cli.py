@@ -170,6 +170,27 @@ def run_command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"vlmr {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:
+            raise
+        print(f"vlmr {name}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for an OSError that names a file or is about the disk (read-only, full, permissions).
+
+    Writes that vlmr makes raise WriteError already; this catches the rest (a library writing its own
+    files, a folder deleted under a running stage). Anything else keeps its traceback: it is a bug.
+    """
+    import errno
+
+    disk = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+    if e.filename is None and e.errno not in disk:
+        return None
+    where = f": {e.filename}" if e.filename is not None else ""
+    return f"{e.strerror or e}{where}"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -44,7 +43,7 @@ from vlmr.rl.experiments.stats import nan_to_none
 
 from vlmr.core.config import config_dataclass, config_fingerprint, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, sha256_text
+from vlmr.core.files import atomic_write_json, check_writable, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
 from vlmr.core.reporting import fmt
 from vlmr.core.tracking import StepLog
@@ -192,8 +191,7 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
 
     from vlmr.core.provenance import run_info
 
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(cfg.out_dir, "run folder")  # before the envs start or a step is trained
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     np.random.seed(cfg.seed)

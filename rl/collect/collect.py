@@ -41,7 +41,7 @@ from vlmr.core.config import (
 )
 from vlmr.core.dataset import MANIFEST_FILE, SPLITS, ShardSink, sample_key, shard_name, write_manifest
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, read_json, sha256_file
+from vlmr.core.files import atomic_write_json, check_writable, read_json, sha256_file, write_error
 from vlmr.core.quality import STRICT_HELP, quality_issue
 
 EPISODE_STRIDE = 10_000  # episode numbers reserved per shard
@@ -161,6 +161,19 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int, focus: t
     cfg = build_config(CollectConfig, cfg_dict)
     source = make_source(cfg)
     out = Path(cfg.out_dir)
+    try:
+        stats = _write_shard(cfg, source, out, split, index, nframes, focus)
+    except OSError as e:  # a full disk mid-shard: no partial shard, and say which
+        if isinstance(e, VlmrError):
+            raise
+        (out / f".{shard_name(split, index)}.tmp").unlink(missing_ok=True)  # ShardSink's, when closing it failed
+        raise write_error(out / shard_name(split, index), e, "shard") from None
+    atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
+    return stats
+
+
+def _write_shard(cfg: CollectConfig, source, out: Path, split: str, index: int, nframes: int,
+                 focus: tuple[str, ...] | None) -> dict:
     own_positives, pending, rendered = 0, 0, 0
     held_out = resolve_holdout(cfg.holdout_goals, source.goals) if split == "train" else []
     held = (set(held_out), held_pairs(held_out)) if held_out else None
@@ -183,10 +196,8 @@ def collect_shard(cfg_dict: dict, split: str, index: int, nframes: int, focus: t
         else:
             quality_issue(f"{split} shard {index}: {EPISODE_STRIDE} episodes gave only {sink.samples} frames "
                           f"(negative_keep={cfg.negative_keep} too low?)", cfg.strict)
-    stats = dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg), frames_asked=nframes,
-                 focus=list(focus) if focus else None)
-    atomic_write_json(out / PROGRESS_DIR / f"{split}-{index:06d}.json", stats)
-    return stats
+    return dict(sink.stats, split=split, index=index, fingerprint=fingerprint(cfg), frames_asked=nframes,
+                focus=list(focus) if focus else None)
 
 
 class _BarFeed:
@@ -253,7 +264,7 @@ def _record_fingerprint(path: Path) -> str | None:
 
 
 def _prepare_out_dir(cfg: CollectConfig, resume: bool) -> Path:
-    out = Path(cfg.out_dir)
+    out = check_writable(cfg.out_dir, "dataset folder")  # before any episode is run
     ours = [*out.glob("*.tar"), out / MANIFEST_FILE, out / PROGRESS_DIR, *out.glob(".*.tar.tmp")]
     exists = [p for p in ours if p.exists()]
     if exists and cfg.overwrite and resume:  # resume what this config wrote, replace anything else
@@ -270,7 +281,6 @@ def _prepare_out_dir(cfg: CollectConfig, resume: bool) -> Path:
                         "overwrite=true to replace it")
     for tmp in out.glob(".*.tar.tmp"):  # shards a killed run left half-written
         tmp.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -37,7 +37,7 @@ from vlmr.rl.experiments.stats import nan_to_none
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text, read_json, sha256_file
+from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable, read_json, sha256_file
 
 RESULTS_VERSION = 1
 
@@ -203,6 +203,7 @@ def aggregate(cfg: CompareConfig) -> dict:
 def compare(cfg: CompareConfig, arm: list[str] | None = None, seed: list[int] | None = None,
             aggregate_only: bool = False) -> dict | None:
     """Run the missing (arm, seed) runs; aggregate unless this is a shard (--arm / --seed)."""
+    check_writable(cfg.out_dir, "compare output folder")  # before the first agent trains
     if not aggregate_only:
         run_all(cfg, arm, seed)
         if arm or seed:

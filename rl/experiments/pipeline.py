@@ -40,7 +40,7 @@ from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, StopPipe
 
 from vlmr.core.config import config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import sha256_file
+from vlmr.core.files import check_writable, sha256_file
 
 
 @config_dataclass
@@ -96,9 +96,11 @@ def pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), stop_after: str
 
 def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> Path:
     run_dir = Path(cfg.runs_dir) / cfg.name
+    base_weights = check_base_pretrained(cfg) if cfg.base_pretrained else None  # fail before any work
+    check_writable(run_dir, "pipeline run folder")  # both output folders, before the first stage
+    check_writable(cfg.data_dir, "pipeline data folder")
     runner = StageRunner(run_dir, set(force), stop_after)
     t_start = time.perf_counter()
-    base_weights = check_base_pretrained(cfg) if cfg.base_pretrained else None  # fail before any work
 
     data = collect_data(cfg, runner, shapes=base_weights is None)  # no shapes corpus for a ready-made base
     manifest_sha = {k: sha256_file(v / "manifest.json") for k, v in data.items()}

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from vlmr.core.config import config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text, read_json
+from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable, read_json
 from vlmr.core.reporting import fmt, pyplot, save_figure
 
 
@@ -150,9 +150,10 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
     archs = [m.arch for m in cfg.models]
     if len(set(archs)) < len(archs):  # chains are named by arch: two entries would share one run folder
         raise VlmrError(f"scaling: `models` lists an architecture twice ({archs}); give each size once")
+    chains = [chain_config(cfg, model) for model in cfg.models]  # every chain's config is read before any runs
+    check_writable(Path(cfg.runs_dir) / cfg.name, "scaling output folder")
     rows = []
-    for model in cfg.models:
-        chain = chain_config(cfg, model)
+    for model, chain in zip(cfg.models, chains):
         if not plot_only:
             print(f"== scaling: {model.arch} ({chain.name})", flush=True)
             pipeline(chain)

@@ -12,13 +12,14 @@ sets it); every W&B run gets the run's provenance (run.json) as its config. csv 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 from pathlib import Path
 
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_text
+from vlmr.core.files import atomic_write_text, write_error
 
 LOGGERS = ("wandb", "csv", "none")
 
@@ -116,9 +117,15 @@ class StepLog:
         new = [k for k in row if k not in self.columns]
         if new:
             self._widen(new)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, lineterminator="\n").writerow(
-                {k: "" if v is None else f"{v:.6g}" for k, v in row.items()})
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns, lineterminator="\n").writerow(
+                    {k: "" if v is None else f"{v:.6g}" for k, v in row.items()})
+        except OSError as e:  # a full disk: drop the half-written row, name the file
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise write_error(self.path, e) from None
         if self.run is not None:
             self.run.log(metrics, step=step)
 
