@@ -52,6 +52,10 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     # no contrasts configured: the pipeline compares what adaptation adds, as the demo report always has
     assert set(results["comparisons"]) == {"adapted_minus_zero_shot/final_success", "adapted_minus_zero_shot/auc"}
     assert "**adapted_minus_zero_shot/final_success**" in text
+    assert "![success](compare/success_curves.png)" in text  # the agents' plots, linked from the chain's report
+    # the chain's arms ran on the evaluated, calibrated models: test-split quality sits next to the agents' numbers
+    adapted = next(a for a in results["arms"] if a["name"] == "adapted")
+    assert adapted["test_quality"]["view"] == "own-goal" and adapted["test_quality"]["auroc"] is not None
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
 
