@@ -62,10 +62,11 @@ def rows():
 def test_capability_points_skip_undefined_values():
     summary = capability_summary(scaling_points(rows()))
     points = summary["points"]
+    # every reward arm at every size; ground truth has no reward quality at all
     assert [(p["arm"], p["arch"]) for p in points] == [("zero_shot", "small"), ("adapted", "small"),
-                                                        ("adapted", "big")]  # big zero-shot has no AUROC
-    assert summary["correlations"]["test_auroc"]["n"] == 3
-    assert summary["correlations"]["rollout_precision"]["n"] == 3
+                                                        ("zero_shot", "big"), ("adapted", "big")]
+    assert summary["correlations"]["test_auroc"]["n"] == 3  # big zero-shot has no AUROC: left out of this one
+    assert summary["correlations"]["rollout_precision"]["n"] == 4
 
 
 def test_plot_helper_runs_on_a_small_results_dict_and_never_draws_undefined_as_zero(tmp_path, monkeypatch):
@@ -77,9 +78,11 @@ def test_plot_helper_runs_on_a_small_results_dict_and_never_draws_undefined_as_z
     plot_capability(summary, tmp_path / "capability.png", params_panel=True)
     (fig,) = figures
     auroc_ax, precision_ax, params_ax = fig.axes
-    xs = [x for line in auroc_ax.lines for x in line.get_xdata()]
-    assert sorted(set(xs)) == [0.6, 0.8, 0.99]  # the control has no success: not drawn; nothing drawn at 0
-    assert 0 not in [x for line in precision_ax.lines for x in line.get_xdata()]
+    def drawn(ax):  # the points' x (the markers; error-bar caps are other lines)
+        return sorted(round(x, 3) for line in ax.lines if line.get_marker() == "o" for x in line.get_xdata())
+
+    assert drawn(auroc_ax) == [0.6, 0.8, 0.99]  # big zero-shot: no AUROC, control: no success; neither at 0
+    assert drawn(precision_ax) == [0.15, 0.15, 0.925, 0.925]
     assert "Spearman rho" in auroc_ax.get_title()
     monkeypatch.undo()  # the real thing writes a PNG
     out = plot_capability(capability_summary(scaling_points(rows())), tmp_path / "real.png")
@@ -92,6 +95,7 @@ def test_scaling_outputs_from_finished_rows(tmp_path):
         assert (tmp_path / name).stat().st_size > 1000 or name == "results.json"
     results = json.loads((tmp_path / "results.json").read_text())  # strict JSON: no NaN
     assert results["capability"]["correlations"]["test_auroc"]["n"] == 3
+    assert results["capability"]["correlations"]["rollout_precision"]["n"] == 4
     assert results["rows"][0]["arms"]["adapted"]["final_success"]["values"] == [0.9, 0.8, 0.9]
     assert "95% t-interval" in report and "paired by seed" in report and "Spearman rho" in report
     assert "Fewer than 5 seeds" in report  # 3 seeds per arm

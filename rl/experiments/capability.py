@@ -15,6 +15,7 @@ rank correlation. Undefined values (None) are skipped, never plotted as 0.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,10 @@ def reward_model_parameters(model_dir: str | None) -> tuple[str | None, int | No
 
 
 def _value(v):
-    """A metric or a {"mean": ...} record -> its value (None when undefined)."""
-    return v.get("mean") if isinstance(v, dict) else v
+    """A metric or a {"mean": ...} record -> its value; None when undefined (None, NaN: a record not yet through
+    nan_to_none)."""
+    v = v.get("mean") if isinstance(v, dict) else v
+    return None if v is None or not math.isfinite(v) else v
 
 
 def compare_points(arms: list[dict]) -> list[dict]:
@@ -72,11 +75,13 @@ def compare_points(arms: list[dict]) -> list[dict]:
 
 
 def scaling_points(rows: list[dict]) -> list[dict]:
-    """One point per (reward arm, model size) of the scaling study's rows (arms without a test AUROC are skipped)."""
+    """One point per (reward arm, model size) of the scaling study's rows: arms with a test AUROC or a rollout
+    reward precision (ground truth has neither)."""
     return [{"arm": arm, "label": f"{arm} {r['arch']}", "arch": r["arch"], "params": r["params"],
              "test_auroc": m.get("auroc"), "rollout_precision": m.get("rollout_precision"),
              "final_success": m.get("final_success")}
-            for r in rows for arm, m in r["arms"].items() if m.get("auroc") is not None]
+            for r in rows for arm, m in r["arms"].items()
+            if m.get("auroc") is not None or _value(m.get("rollout_precision")) is not None]
 
 
 def capability_summary(points: list[dict]) -> dict:
@@ -108,7 +113,7 @@ def _errorbar(ax, points: list[dict], x_key: str, y_key: str, colours: dict) -> 
         err = {}
         for axis, key in (("xerr", x_key), ("yerr", y_key)):
             rec = p[key]
-            if isinstance(rec, dict) and rec.get("lo") is not None and rec.get("hi") is not None:
+            if isinstance(rec, dict) and _value(rec.get("lo")) is not None and _value(rec.get("hi")) is not None:
                 err[axis] = [[rec["mean"] - rec["lo"]], [rec["hi"] - rec["mean"]]]
         ax.errorbar([x], [y], fmt="o", color=colours[p["arm"]], capsize=3, **err)
         if label_size:
