@@ -29,7 +29,7 @@ MIN_REWARD_ARMS = 3  # a compare plots accuracy against capability from this man
 QUALITY = {"test_auroc": "reward AUROC, test split", "rollout_precision": "reward precision on the agents' rollouts"}
 
 
-def test_quality(calibration: str | None) -> dict | None:
+def calibrated_quality(calibration: str | None) -> dict | None:
     """Test-split quality of a calibrated reward model: {"view", "auroc", "precision"}; None without a file."""
     from vlmr.rl.experiments.pipeline_stages import headline
 

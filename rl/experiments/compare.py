@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlmr.rl.agent.ppo import PPOConfig, fingerprint
-from vlmr.rl.experiments.capability import compare_capability, test_quality
+from vlmr.rl.experiments.capability import calibrated_quality, compare_capability
 from vlmr.rl.experiments.compare_report import plot_curves, report_markdown
 from vlmr.rl.experiments.compare_summary import contrasts, summarize_arm
 from vlmr.rl.experiments.stats import METHODS, nan_to_none
@@ -191,7 +191,7 @@ def aggregate(cfg: CompareConfig) -> dict:
                 results.append(result)
         if results:
             arms.append({"name": arm.name, "reward_model": arm.reward_model, "calibration": arm.calibration,
-                         "test_quality": test_quality(arm.calibration),
+                         "test_quality": calibrated_quality(arm.calibration),
                          **summarize_arm(results, cfg.ci, cfg.interval, cfg.bootstrap_samples)})
     if not arms:
         raise VlmrError(f"no finished runs under {out / 'runs'}; run `vlmr compare CONFIG` (or its shards) first")
