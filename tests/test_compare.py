@@ -1,6 +1,7 @@
 """`vlmr compare`: runs every (arm, seed), resumes, shards and aggregates; report, results and plots."""
 
 import json
+import math
 import os
 
 import pytest
@@ -54,6 +55,21 @@ def test_compare_runs_resumes_and_reports(tmp_path, rm_dir, capsys):
     diff = results["comparisons"]["zero_shot_minus_ground_truth/final_success"]
     assert diff["mean"] == pytest.approx(zs["final_success"]["mean"] - results["arms"][0]["final_success"]["mean"])
     assert "**zero_shot_minus_ground_truth/final_success**" in report
+    # the arms ran the same seeds: the difference is paired by seed, and the report says so (and that 2 seeds is few)
+    assert diff["paired"] and diff["seeds"] == [0, 1] and "paired by seed" in report
+    assert "95% t-interval over seeds" in report and "Fewer than 5 seeds** (ground_truth: 2, zero_shot: 2)" in report
+    assert results["interval"] == {"method": "t", "name": "t-interval", "ci": 0.95}
+    # per-seed values of every metric round-trip through results.json, in seed order
+    for a in results["arms"]:
+        runs = [json.loads((out / f"runs/{a['name']}/seed-{s}/result.json").read_text()) for s in a["seeds"]]
+        quality = [r["reward_quality"] or {} for r in runs]
+        assert a["final_success"]["values"] == [r["final_success_rate"] for r in runs]
+        assert a["sps"]["values"] == pytest.approx([r["sps"] for r in runs])
+        assert a["reward_precision"]["values"] == [q.get("precision") for q in quality]
+        assert a["reward_recall"]["values"] == [q.get("recall") for q in quality]
+        assert len(a["auc"]["values"]) == 2 and a["auc"]["n"] == 2
+    assert results["arms"][0]["reward_precision"]["values"] == [None, None]  # ground truth: undefined, not 0
+    assert results["capability"] is None and not (out / "capability.png").exists()  # one reward arm: no such plot
     # every arm used the same goal embeddings: the zero-shot model's (the first arm with a model)
     gt_result = json.loads((out / "runs/ground_truth/seed-0/result.json").read_text())
     assert gt_result["goal_source"] == zs_result_source(out)
@@ -143,10 +159,13 @@ def test_contrasts_compare_any_named_pair_and_skip_arms_without_runs():
                 "auc": {"values": [v / 2 for v in finals]}}
 
     arms = [arm("a", [1.0, 1.0]), arm("b", [0.0, 1.0]), arm("c", [0.5])]
-    out = contrasts([("a", "b"), ("c", "a"), ("a", "missing")], arms, 10000, 0.95)
+    out = contrasts([("a", "b"), ("c", "a"), ("a", "missing")], arms, 0.95, "t")
     assert list(out) == ["a_minus_b/final_success", "a_minus_b/auc", "c_minus_a/final_success", "c_minus_a/auc"]
-    assert (out["a_minus_b/final_success"]["mean"], out["a_minus_b/final_success"]["lo"],
-            out["a_minus_b/final_success"]["hi"]) == (0.5, 0.0, 1.0)  # b's two-point bootstrap, reflected
+    # seeds 0 and 1 shared: per-seed differences (1, 0), mean 0.5, sem 0.5, t(0.975, 1 df) = 12.7062
+    d = out["a_minus_b/final_success"]
+    assert d["paired"] and (d["mean"], d["lo"], d["hi"]) == pytest.approx((0.5, 0.5 - 6.3531, 0.5 + 6.3531), abs=1e-3)
     assert out["a_minus_b/auc"]["mean"] == 0.25
-    assert out["c_minus_a/final_success"]["mean"] == -0.5 and out["c_minus_a/final_success"]["lo"] is None
-    assert contrasts([], arms, 100, 0.95) == {}  # no pair named: nothing compared, whatever the arms are called
+    # c ran one seed: one shared seed is no pairing; one value is no interval
+    c = out["c_minus_a/final_success"]
+    assert c["mean"] == -0.5 and not c["paired"] and math.isnan(c["lo"])
+    assert contrasts([], arms, 0.95) == {}  # no pair named: nothing compared, whatever the arms are called

@@ -52,6 +52,10 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     # no contrasts configured: the pipeline compares what adaptation adds, as the demo report always has
     assert set(results["comparisons"]) == {"adapted_minus_zero_shot/final_success", "adapted_minus_zero_shot/auc"}
     assert "**adapted_minus_zero_shot/final_success**" in text
+    assert "![success](compare/success_curves.png)" in text  # the agents' plots, linked from the chain's report
+    # the chain's arms ran on the evaluated, calibrated models: test-split quality sits next to the agents' numbers
+    adapted = next(a for a in results["arms"] if a["name"] == "adapted")
+    assert adapted["test_quality"]["view"] == "own-goal" and adapted["test_quality"]["auroc"] is not None
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
 
@@ -149,6 +153,12 @@ def test_scaling_bad_configs_name_the_problem(tmp_path):
         with pytest.raises(VlmrError, match=message):
             scaling(load_config(ScalingConfig, str(path)))
     assert not (tmp_path / "runs").exists()
+    path.write_text(yaml.safe_dump({"name": "s", "pipeline": "configs/pipeline/babyai_demo.yaml", "models": [tiny],
+                                    "runs_dir": str(tmp_path / "runs")}))
+    with pytest.raises(VlmrError, match=r"--only \['vlmr-huge'\]: not among the study's models"):
+        scaling(load_config(ScalingConfig, str(path)), only=["vlmr-huge"])
+    with pytest.raises(VlmrError, match="no size's chain is finished"):  # --plot-only before any chain ran
+        scaling(load_config(ScalingConfig, str(path)), plot_only=True)
 
 
 def test_unknown_stage_names_are_rejected_with_the_list_of_stages(tmp_path, capsys):

@@ -13,13 +13,16 @@ differs. With goal_encoding=text every arm's policy gets its goal embeddings
 from ONE model (`goal_model`, default: the first arm that has a reward model),
 so that the goal input does not differ between arms either. `contrasts`
 ([[adapted, zero_shot], ...]) names the pairs of arms whose difference (a - b)
-the report states with a bootstrap CI; no other pair of arms is compared.
+the report states with an interval over seeds, paired by seed where the two arms
+share seeds; no other pair of arms is compared. Intervals (`interval`): t-interval
+over seeds (default) or BCa bootstrap. With 3 or more reward-model arms the report
+also sets agent success against reward quality (rl/experiments/capability.py).
 
 Each (arm, seed) run lives in OUT_DIR/runs/ARM/seed-S/ and writes result.json
 last, atomically. A run whose result.json matches the current settings and
 inputs (PPO config, reward-model identity, calibration file hash) is skipped;
 a stale one is rerun. Outputs in OUT_DIR: results.json, report.md,
-success_curves.png, reward_precision.png.
+success_curves.png, reward_precision.png (capability.png with 3+ reward arms).
 
 This file: the config and the runs. compare_summary.py: per-arm statistics and
 contrasts; compare_report.py: report.md and the plots.
@@ -29,17 +32,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 from vlmr.rl.agent.ppo import PPOConfig, fingerprint
+from vlmr.rl.experiments.capability import calibrated_quality, compare_capability
 from vlmr.rl.experiments.compare_report import plot_curves, report_markdown
 from vlmr.rl.experiments.compare_summary import contrasts, summarize_arm
-from vlmr.rl.experiments.stats import nan_to_none
+from vlmr.rl.experiments.stats import METHODS, nan_to_none
 
 from vlmr.core.config import config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable, read_json, sha256_file
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: every metric a record with per-seed values (sps too), interval method, capability
 
 
 @config_dataclass
@@ -65,8 +70,9 @@ class CompareConfig:
     goal_model: str | None = None  # reward-model dir for every arm's goal embeddings; null = the first arm's
     rl: PPOConfig = dataclasses.field(default_factory=PPOConfig)  # PPO settings shared by all arms
     contrasts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # [a, b] pairs of arm names:
-    # the report states a - b (final success, success AUC) with a CI; the only place arms are compared
-    bootstrap_samples: int = 10000  # resamples for the confidence intervals
+    # the report states a - b (final success, success AUC) with an interval, paired by seed; the only comparison
+    interval: Literal["t", "bca"] = "t"  # interval over seeds: t-distribution, or BCa bootstrap (scipy)
+    bootstrap_samples: int = 10000  # resamples for interval: bca
     ci: float = 0.95  # confidence level
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
@@ -185,11 +191,14 @@ def aggregate(cfg: CompareConfig) -> dict:
                 results.append(result)
         if results:
             arms.append({"name": arm.name, "reward_model": arm.reward_model, "calibration": arm.calibration,
-                         **summarize_arm(results, cfg.bootstrap_samples, cfg.ci)})
+                         "test_quality": calibrated_quality(arm.calibration),
+                         **summarize_arm(results, cfg.ci, cfg.interval, cfg.bootstrap_samples)})
     if not arms:
         raise VlmrError(f"no finished runs under {out / 'runs'}; run `vlmr compare CONFIG` (or its shards) first")
+    comparisons = contrasts(cfg.contrasts, arms, cfg.ci, cfg.interval, cfg.bootstrap_samples)
     summary = nan_to_none({"version": RESULTS_VERSION, "config": config_to_dict(cfg), "seeds": cfg.seeds,
-                           "arms": arms, "comparisons": contrasts(cfg.contrasts, arms, cfg.bootstrap_samples, cfg.ci),
+                           "interval": {"method": cfg.interval, "name": METHODS[cfg.interval], "ci": cfg.ci},
+                           "arms": arms, "comparisons": comparisons, "capability": compare_capability(arms),
                            "missing": missing})
     atomic_write_json(out / "results.json", summary)
     plot_curves(summary, out)

@@ -1,7 +1,7 @@
-"""`vlmr compare`'s outputs: report.md (a table of arms, a line per contrast) and the two plots.
+"""`vlmr compare`'s outputs: report.md (a table of arms, a line per contrast) and the plots.
 
     report_markdown(summary, cfg)   # summary: the results.json that vlmr.rl.experiments.compare.aggregate writes
-    plot_curves(summary, out_dir)   # success_curves.png, reward_precision.png
+    plot_curves(summary, out_dir)   # success_curves.png, reward_precision.png, capability.png (3+ reward arms)
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from vlmr.rl.experiments.stats import none_to_nan
+from vlmr.rl.experiments.capability import capability_lines, distinct_sizes, plot_capability
+from vlmr.rl.experiments.compare_summary import interval_note
+from vlmr.rl.experiments.stats import METHODS, none_to_nan
 
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import read_json
-from vlmr.core.reporting import fmt_ci, pyplot, save_figure
+from vlmr.core.reporting import fmt, fmt_ci, pyplot, save_figure
 
 if TYPE_CHECKING:  # only a type here; compare.py imports this module
     from vlmr.rl.experiments.compare import CompareConfig
@@ -23,12 +25,12 @@ if TYPE_CHECKING:  # only a type here; compare.py imports this module
 def report_markdown(summary: dict, cfg: CompareConfig) -> str:
     """report.md: one table row per arm, one line per contrast, the plots, and how to read them."""
     rl = cfg.rl
-    pct = int(round(cfg.ci * 100))
+    method = (summary.get("interval") or {}).get("method", cfg.interval)
     lines = [f"# Reward A/B comparison: {rl.env_id}", "",
              f"PPO, {rl.total_timesteps} env steps per run, seeds {summary['seeds']}, same settings for every arm; "
              f"only the reward differs. Success is the env's own success on held-out env seeds (from "
-             f"{rl.eval_seed}); the final value uses {rl.final_eval_episodes} episodes. Brackets: {pct}% bootstrap "
-             "CI over seeds." + (f" Env options: {rl.env_kwargs}." if rl.env_kwargs else ""), "",
+             f"{rl.eval_seed}); the final value uses {rl.final_eval_episodes} episodes. Brackets: {cfg.ci * 100:g}% "
+             f"{METHODS[method]} over seeds." + (f" Env options: {rl.env_kwargs}." if rl.env_kwargs else ""), "",
              "| arm | reward | runs | final success | success AUC | reward precision | reward recall | SPS |",
              "|---|---|---|---|---|---|---|---|"]
     for arm in summary["arms"]:
@@ -37,16 +39,22 @@ def report_markdown(summary: dict, cfg: CompareConfig) -> str:
             " + calibration" if arm["calibration"] else "")
         lines.append(f"| {name} | {reward} | {len(arm['seeds'])}/{len(summary['seeds'])} | "
                      f"{fmt_ci(arm['final_success'])} | {fmt_ci(arm['auc'])} | {fmt_ci(arm['reward_precision'])} | "
-                     f"{fmt_ci(arm['reward_recall'])} | {arm['sps']:.0f} |")
+                     f"{fmt_ci(arm['reward_recall'])} | {fmt(_mean(arm['sps']), 0)} |")
     for key, d in summary["comparisons"].items():
-        if d["lo"] is None:
-            verdict = "one seed per arm: no confidence interval"
-        else:
-            verdict = ("better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "not distinguishable at this "
-                       "number of seeds")
-        lines += ["", f"**{key}**: {fmt_ci(d)} ({verdict})."]
-    lines += ["", "![success](success_curves.png)", "", "![precision](reward_precision.png)", "", "Notes:",
-              "- success AUC: area under success rate vs env steps divided by the step range (mean success "
+        lines += ["", f"**{key}**: {fmt_ci(d)} ({contrast_verdict(d)}); {d.get('statistic', 'unpaired')}."]
+    lines += ["", "![success](success_curves.png)", "", "![precision](reward_precision.png)"]
+    capability = summary.get("capability")
+    if capability:
+        lines += ["", "## Agent success against reward quality", "",
+                  "One point per reward arm: its reward quality on the test split (calibration file) and on the "
+                  "agents' rollouts, against the agents' final success. Rank correlations over the arms:", ""]
+        lines += capability_lines(capability)
+        lines += ["", "![capability](capability.png)"]
+        if distinct_sizes(capability) < 2:
+            lines += ["", "Every reward arm has the same parameter count, so reward quality against model size is "
+                      "left to `vlmr scaling`."]
+    lines += ["", "Notes:"] + interval_note({a["name"]: len(a["seeds"]) for a in summary["arms"]}, cfg.ci, method)
+    lines += ["- success AUC: area under success rate vs env steps divided by the step range (mean success "
               "during training; rewards faster learning).",
               "- reward precision / recall: on the policy's own training rollouts, how often the VLM reward's "
               "'goal reached' agreed with the env's success (pooled per run). Low precision is reward hacking: "
@@ -58,6 +66,17 @@ def report_markdown(summary: dict, cfg: CompareConfig) -> str:
         lines.append("- Missing or stale runs (not in the table): " + ", ".join(
             f"{m['arm']} seed {m['seed']} ({m['status']})" for m in summary["missing"]))
     return "\n".join(lines) + "\n"
+
+
+def contrast_verdict(d: dict) -> str:
+    if d["lo"] is None or d["hi"] is None:
+        return "too few seeds for an interval"
+    return "better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "not distinguishable at this number of seeds"
+
+
+def _mean(v):
+    """A {"mean": ...} record, or a bare number from a results.json of version 1 -> the number."""
+    return v.get("mean") if isinstance(v, dict) else v
 
 
 def _offline_arch(model_dir: str) -> bool:
@@ -89,3 +108,6 @@ def plot_curves(summary: dict, out: Path) -> None:
         else:
             ax.text(0.5, 0.5, "no VLM-reward arm", ha="center", va="center", transform=ax.transAxes)
         save_figure(fig, out / filename)
+    if summary.get("capability"):
+        plot_capability(summary["capability"], out / "capability.png",
+                        params_panel=distinct_sizes(summary["capability"]) >= 2)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ def write_final_report(cfg: PipelineConfig, run_dir: Path, rows: list[dict], cal
     if compare_report is not None:
         rel = compare_report.relative_to(run_dir)
         lines += ["", "## Agents (ground-truth success)", "", f"See [{rel}]({rel}).", ""]
-        if compare_report.is_file():
-            lines += [compare_report.read_text()]
+        if compare_report.is_file():  # its plots are next to it: point its image links there
+            lines += [re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", lambda m: f"![{m[1]}]({rel.parent.as_posix()}/{m[2]})",
+                             compare_report.read_text())]
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")

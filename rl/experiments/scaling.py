@@ -1,6 +1,6 @@
 """`vlmr scaling CONFIG`: the paper's scaling study. Reward quality (and agent success) against model size.
 
-    vlmr scaling configs/pipeline/scaling.yaml            # every size, then results.json, scaling.png, report.md
+    vlmr scaling configs/pipeline/scaling.yaml            # every size, then results.json, *.png, report.md
     vlmr scaling configs/pipeline/scaling.yaml --plot-only
 
 For each model in the config it runs one `vlmr pipeline` chain (named <name>_<arch>):
@@ -10,7 +10,10 @@ calibration, evaluation, and `vlmr compare` when the base pipeline has a compare
 stage. Each chain skips its finished stages, so an interrupted study resumes where
 it stopped. Then it plots held-out AUROC (own-goal; pooled where frames have no
 mission) and precision at the calibrated threshold against the parameter count,
-for each arm, and final success when agents were trained.
+for each arm, and, when agents were trained, their final success against the
+parameter count and against reward quality (test AUROC, rollout reward
+precision; scaling_report.py). Agent intervals are recomputed from the chains'
+per-seed values, so --plot-only reports finished runs with the current method.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vlmr.rl.experiments.scaling_report import agents_of, write_outputs
+
 from vlmr.core.config import config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable, read_json
-from vlmr.core.reporting import fmt, pyplot, save_figure
+from vlmr.core.files import check_writable, read_json
 
 
 @config_dataclass
@@ -74,75 +78,19 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
         views.add(view)
         arms[m["name"]] = {"auroc": head.get("auroc"), "precision": head.get("precision"),
                            "recall": head.get("recall")}
+    comparisons, interval = {}, None
     compare = run_dir / "compare" / "results.json"
     if compare.is_file():
-        for arm in read_json(compare, "compare results")["arms"]:
-            arms.setdefault(arm["name"], {})["final_success"] = arm["final_success"]
+        agents, comparisons, interval = agents_of(read_json(compare, "compare results"), str(compare))
+        for name, record in agents.items():
+            arms.setdefault(name, {}).update(record)
     params = parameter_count(run_dir / "base" / "reward_model" / "open_clip_model.safetensors")
     return {"arch": model.arch, "image_size": model.image_size, "frame_size": model.frame_size or model.image_size,
-            "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms}
+            "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms,
+            "comparisons": comparisons, "interval": interval}
 
 
-def arm_names(rows: list[dict]) -> list[str]:
-    """Every arm of the chains, in the order they first appear (the pipeline's: zero_shot, adapted, ...)."""
-    return list(dict.fromkeys(a for r in rows for a in r["arms"]))
-
-
-def plot(rows: list[dict], out: Path) -> Path:
-    plt = pyplot()
-    view = "/".join(sorted({r.get("view", "own-goal") for r in rows}))
-    panels = [("auroc", f"{view} AUROC (test)"), ("precision", "precision at calibrated threshold (test)")]
-    if any("final_success" in a for r in rows for a in r["arms"].values()):
-        panels.append(("final_success", "agent success (ground truth)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        for arm in arm_names(rows):
-            pts = [(r["params"], _mean(r["arms"].get(arm, {}).get(key))) for r in rows]
-            pts = [(x, y) for x, y in pts if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=arm)
-        ax.set_xscale("log")
-        ax.set_xticks([r["params"] for r in rows], [f"{r['arch']}\n{r['params'] / 1e6:.1f}M" for r in rows],
-                      fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("parameters (both towers)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8)
-    return save_figure(fig, out, dpi=120)
-
-
-def _mean(v):
-    """A metric or a {'mean': ...} confidence-interval record -> its value."""
-    return v.get("mean") if isinstance(v, dict) else v
-
-
-def report(cfg: ScalingConfig, rows: list[dict], png: Path) -> str:
-    # reward models only: ground truth has no AUROC
-    arms = [a for a in arm_names(rows) if any(r["arms"].get(a, {}).get("auroc") is not None for r in rows)]
-    lines = [f"# vlmr scaling study: {cfg.name}", "",
-             f"One `{cfg.pipeline}` chain per model size. The base CLIPs are pretrained by vlmr on the synthetic "
-             "shapes corpus, all with the same recipe: stand-ins for web-scale CLIP.", "",
-             f"![scaling]({png.name})", "",
-             f"Metrics: {'/'.join(sorted({r.get('view', 'own-goal') for r in rows}))}, test split; frame px: the size "
-             "frames are rendered at, model px: the input size they are resized to.", "",
-             "| model | params | frame px | model px | " + " | ".join(f"{a} AUROC | {a} precision" for a in arms) + " |",
-             "|---|---|---|---|" + "---|---|" * len(arms)]
-    for r in rows:
-        cells = []
-        for a in arms:
-            m = r["arms"].get(a, {})
-            cells += [fmt(m.get("auroc")), fmt(m.get("precision"))]
-        lines.append(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r.get('frame_size', r['image_size'])} | "
-                     f"{r['image_size']} | " + " | ".join(cells) + " |")
-    if any("final_success" in a for r in rows for a in r["arms"].values()):
-        lines += ["", "Final ground-truth success (mean over seeds):", ""]
-        lines += [f"- {r['arch']}: " + ", ".join(f"{a} {fmt(_mean(m.get('final_success')))}"
-                                                 for a, m in r["arms"].items() if "final_success" in m) for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
+def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None = None) -> Path:
     from vlmr.rl.experiments.pipeline import pipeline
 
     if not cfg.models:
@@ -150,18 +98,25 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
     archs = [m.arch for m in cfg.models]
     if len(set(archs)) < len(archs):  # chains are named by arch: two entries would share one run folder
         raise VlmrError(f"scaling: `models` lists an architecture twice ({archs}); give each size once")
+    unknown = sorted(set(only or ()) - set(archs))
+    if unknown:
+        raise VlmrError(f"scaling --only {unknown}: not among the study's models {archs}")
     chains = [chain_config(cfg, model) for model in cfg.models]  # every chain's config is read before any runs
     check_writable(Path(cfg.runs_dir) / cfg.name, "scaling output folder")
     rows = []
     for model, chain in zip(cfg.models, chains):
-        if not plot_only:
+        if not plot_only and (not only or model.arch in only):  # --only: run the study in pieces, a size at a time
             print(f"== scaling: {model.arch} ({chain.name})", flush=True)
             pipeline(chain)
-        rows.append(collect_row(Path(cfg.runs_dir) / chain.name, model))
-    out = Path(cfg.runs_dir) / cfg.name
-    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "rows": rows})
-    png = plot(rows, out / "scaling.png")
-    path = atomic_write_text(out / "report.md", report(cfg, rows, png))
+        try:
+            rows.append(collect_row(Path(cfg.runs_dir) / chain.name, model))
+        except VlmrError as e:
+            if not (only or plot_only):
+                raise
+            print(f"scaling: {model.arch} left out of the report: its chain is not finished ({e})")
+    if not rows:
+        raise VlmrError(f"scaling {cfg.name}: no size's chain is finished yet; run `vlmr scaling CONFIG --only ARCH`")
+    path = write_outputs(cfg.name, cfg.pipeline, rows, Path(cfg.runs_dir) / cfg.name, dataclasses.asdict(cfg))
     print(f"scaling {cfg.name}: {len(rows)} models; report: {path}")
     return path
 
@@ -169,5 +124,7 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     def extra(parser):
         parser.add_argument("--plot-only", action="store_true", help="only gather finished chains' results and plot")
+        parser.add_argument("--only", action="append", metavar="ARCH",
+                            help="run only this size's chain (repeatable); the report covers the finished chains")
 
     return stage_main(argv, ScalingConfig, scaling, "vlmr scaling", __doc__.split("\n\n")[0], extra, kind="pipeline")
