@@ -32,7 +32,7 @@ from vlmr.finetune.reward_math import all_goal_log_probs, normalize
 from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
 from vlmr.finetune.validation import SUMMARY_KEYS, GoalScores, sample_rows
 
-from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.config import PositiveFloat, build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import sha256_file
 
@@ -65,7 +65,7 @@ class LossSection:
 
 @config_dataclass
 class OptimSection:
-    lr: float = 1e-3  # peak AdamW learning rate
+    lr: PositiveFloat = 1e-3  # peak AdamW learning rate (0 would train a model that cannot change)
     weight_decay: float = 0.01  # AdamW weight decay on matrices (not on biases, norms, scales)
     warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps
     min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr

@@ -35,7 +35,7 @@ from vlmr.finetune.lit_module import (
 )
 from vlmr.finetune.lora import LoraSection
 
-from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json
 from vlmr.core.provenance import run_info
@@ -48,7 +48,7 @@ BASE_INIT_FILE = "base_init.safetensors"
 @config_dataclass
 class DataSection:
     dir: str  # dataset folder written by `vlmr collect` (shards + manifest.json)
-    batch_size: int = 64  # frames per batch and per device
+    batch_size: PositiveInt = 64  # frames per batch and per device
     num_workers: int = 0  # dataloader workers (shards are split across them)
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer for train
 

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlmr.core.config import config_dataclass, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, read_json
 from vlmr.core.reporting import fmt, pyplot, save_figure
@@ -29,8 +29,8 @@ from vlmr.core.reporting import fmt, pyplot, save_figure
 @config_dataclass
 class ScalingModel:
     arch: str  # open_clip architecture (configs/models/*.json or a stock one)
-    image_size: int  # the architecture's input size
-    frame_size: int | None = None  # size the domain frames are rendered at (pipeline frame_size); null = image_size
+    image_size: PositiveInt  # the architecture's input size
+    frame_size: PositiveInt | None = None  # size the domain frames are rendered at (pipeline frame_size); null = image_size
 
 
 @config_dataclass
