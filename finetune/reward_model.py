@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from vlmr.finetune.models import create_clip, image_preprocess_cfg
 from vlmr.finetune.preprocess import preprocess_frames
@@ -31,8 +32,8 @@ from vlmr.finetune.reward_math import (
     normalize,
 )
 
-from vlmr.core.calibration_file import read_calibration
-from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.calibration_file import read_calibration, reward_parameter_problem
+from vlmr.core.config import PositiveFloat, PositiveInt, build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_dir, canonical_json, read_json, sha256_file, sha256_text
 
@@ -40,6 +41,7 @@ REWARD_MODEL_VERSION = 1
 SPEC_FILE = "reward_model.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
+UnitFloat = Annotated[float, Field(ge=0, le=1)]  # in [0, 1]; NaN fails the bounds too
 
 
 @config_dataclass
@@ -54,10 +56,10 @@ class RewardModelSpec:
     goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts, replace templates
     negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidate captions that are never goals
     reward_mode: Literal["binary", "prob", "goal_baseline"] = "binary"  # how P(g|o) becomes a reward
-    alpha: float = 0.5  # goal_baseline projection weight (vlmrm), in [0, 1]
-    temperature: float = 0.01  # default tau_g when no calibration is given (CLIP's logit scale 100)
-    threshold: float = 0.5  # default beta_g when no calibration is given
-    image_size: int | None = None  # model input size, filled in from the architecture
+    alpha: UnitFloat = 0.5  # goal_baseline projection weight (vlmrm), in [0, 1]
+    temperature: PositiveFloat = 0.01  # default tau_g when no calibration is given (CLIP's logit scale 100)
+    threshold: UnitFloat = 0.5  # default beta_g when no calibration is given, in [0, 1]
+    image_size: PositiveInt | None = None  # model input size, filled in from the architecture
     version: int = REWARD_MODEL_VERSION  # file format version
 
     def __post_init__(self):
@@ -74,8 +76,6 @@ class RewardModelSpec:
         clash = [n for n in self.negatives if n in self.goals]
         if clash:
             raise ValueError(f"negative captions may not also be goals: {clash}")
-        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
-            raise ValueError("alpha must be in [0, 1] and temperature > 0")
 
 
 def make_spec(**fields) -> RewardModelSpec:
@@ -108,11 +108,26 @@ def identity_hash(spec: RewardModelSpec, adapter_sha256: str | None) -> str:
     return sha256_text(canonical_json({"spec": fields, "adapter_sha256": adapter_sha256}))
 
 
+def read_spec(path: str | Path) -> RewardModelSpec:
+    """The spec of a reward-model directory, checked: its version, and (one line each) its default
+    temperature and threshold, which a hand edit could set to values that silently change every reward."""
+    file = Path(path) / SPEC_FILE
+    raw = read_json(file, "reward model spec")
+    if not isinstance(raw, dict) or raw.get("version") != REWARD_MODEL_VERSION:
+        raise VlmrError(f"{file}: version {raw.get('version') if isinstance(raw, dict) else None!r} "
+                        f"is not readable by this vlmr (reads version {REWARD_MODEL_VERSION})")
+    for key in ("temperature", "threshold"):
+        problem = reward_parameter_problem(key, raw[key]) if key in raw else None
+        if problem:
+            raise VlmrError(f"{file}: {problem} (the default for every goal without a calibration); restore the "
+                            "file or export the reward model again")
+    return build_config(RewardModelSpec, raw, str(file))
+
+
 def reward_model_id(path: str | Path) -> str:
     """The identity hash of a reward-model directory, without loading any weights."""
     path = Path(path)
-    raw = read_json(path / SPEC_FILE, "reward model spec")
-    spec = build_config(RewardModelSpec, raw, str(path / SPEC_FILE))
+    spec = read_spec(path)
     adapter = path / ADAPTER_FILE
     return identity_hash(spec, sha256_file(adapter) if adapter.is_file() else None)
 
@@ -152,11 +167,7 @@ class RewardModel(nn.Module):
         from peft import PeftModel
 
         path = Path(path)
-        raw = read_json(path / SPEC_FILE, "reward model spec")
-        if not isinstance(raw, dict) or raw.get("version") != REWARD_MODEL_VERSION:
-            raise VlmrError(f"{path / SPEC_FILE}: version {raw.get('version') if isinstance(raw, dict) else None!r} "
-                            f"is not readable by this vlmr (reads version {REWARD_MODEL_VERSION})")
-        spec = build_config(RewardModelSpec, raw, str(path / SPEC_FILE))
+        spec = read_spec(path)
         ckpt = None
         if spec.pretrained_sha256:
             ckpt = (path / spec.pretrained).resolve()
@@ -210,6 +221,15 @@ class RewardModel(nn.Module):
 
     # ---------------------------------------------------------------- calibration
     def set_calibration(self, temperatures, thresholds) -> None:
+        """Per-goal temperatures and thresholds in goal-set order (or one value for every goal)."""
+        for key, values in (("temperature", temperatures), ("threshold", thresholds)):
+            values = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
+            if len(values) not in (1, len(self.goals)):
+                raise VlmrError(f"set_calibration: got {len(values)} {key} values for {len(self.goals)} goals")
+            for goal, value in zip(self.goals if len(values) > 1 else ["(every goal)"], values):
+                problem = reward_parameter_problem(key, value)
+                if problem:
+                    raise VlmrError(f"set_calibration: goal {goal!r}: {problem}")
         self.temperatures.copy_(torch.as_tensor(temperatures, dtype=torch.float32))
         self.thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
