@@ -26,7 +26,7 @@ from vlmr.finetune.losses import (
     SigmoidLoss,
     positives_mask,
 )
-from vlmr.finetune.models import create_clip, image_preprocess_cfg
+from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
 from vlmr.finetune.preprocess import preprocess_frames
 from vlmr.finetune.reward_math import all_goal_log_probs, normalize
 from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
@@ -95,6 +95,7 @@ class ClipFinetuneModule(pl.LightningModule):
                               templates=mc.templates, goal_prompts=mc.goal_prompts, negatives=mc.negatives)
         self.pretrained_path = Path(pretrained) if self.base_sha256 else None
         self.pre = image_preprocess_cfg(clip)
+        self.patch = patch_size(clip)
         init_tau = mc.init_temperature or 1.0 / float(clip.logit_scale.detach().exp())
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)  # open_clip's non-reentrant checkpoint: LoRA grads still flow
@@ -137,7 +138,7 @@ class ClipFinetuneModule(pl.LightningModule):
 
     def embed_images(self, frames) -> torch.Tensor:
         x = preprocess_frames(frames, self.pre["size"], self.pre["mean"], self.pre["std"], self.pre["interpolation"],
-                              self.device)
+                              self.device, self.patch)
         return normalize(self.base_clip.encode_image(x).float())
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -124,6 +124,17 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
     return model, tokenizer
 
 
+def patch_size(model) -> int | None:
+    """The vision tower's patch side in px, or None for towers without patches (ResNets)."""
+    visual = getattr(model, "visual", None)
+    size = getattr(visual, "patch_size", None)
+    if size is None:  # timm towers keep it on the patch embedding
+        size = getattr(getattr(getattr(visual, "trunk", None), "patch_embed", None), "patch_size", None)
+    if size is None:
+        return None
+    return int(min(size)) if isinstance(size, (tuple, list)) else int(size)
+
+
 def image_preprocess_cfg(model) -> dict:
     """open_clip's own preprocessing settings for this model (size, mean, std, interpolation, resize mode)."""
     cfg = dict(open_clip.get_model_preprocess_cfg(model))

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from vlmr.finetune.models import create_clip, image_preprocess_cfg
-from vlmr.finetune.preprocess import preprocess_frames
+from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
+from vlmr.finetune.preprocess import check_frames, preprocess_frames
 from vlmr.finetune.reward_math import (
     all_goal_log_probs,
     binary_reward,
@@ -138,6 +138,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.clip, self.tokenizer = clip, tokenizer
         self.pre = image_preprocess_cfg(clip)
+        self.patch = patch_size(clip)
         self.spec = dataclasses.replace(spec, image_size=self.pre["size"][0])
         self.pretrained_path = pretrained_path  # absolute path of a checkpoint file, when there is one
         self.model_id = identity_hash(self.spec, adapter_sha256)
@@ -250,10 +251,20 @@ class RewardModel(nn.Module):
         return self.temperatures.device
 
     def goal_index(self, goal_ids) -> torch.Tensor:
-        """Goal sentences or integer ids -> a long tensor of ids, with a clear error for unknown goals."""
-        if isinstance(goal_ids, torch.Tensor) or (isinstance(goal_ids, np.ndarray) and goal_ids.dtype.kind in "iu"):
+        """Goal sentences or integer ids -> a long tensor of ids, with a clear error for unknown goals.
+
+        A single sentence or id is one goal. Anything else that is not an integer (0.0, 1.7, True) is refused:
+        truncating it would silently score the frame for another goal."""
+        if isinstance(goal_ids, (str, int, np.integer)):
+            goal_ids = [goal_ids]
+        integer_array = (goal_ids.dtype.kind in "iu" if isinstance(goal_ids, np.ndarray) else
+                         isinstance(goal_ids, torch.Tensor) and not goal_ids.dtype.is_floating_point
+                         and not goal_ids.dtype.is_complex and goal_ids.dtype != torch.bool)
+        if integer_array:
             idx = torch.as_tensor(goal_ids).long().reshape(-1).cpu()
         else:
+            if isinstance(goal_ids, (torch.Tensor, np.ndarray)):
+                goal_ids = goal_ids.reshape(-1).tolist()
             idx_list = []
             for g in goal_ids:
                 if isinstance(g, str):
@@ -261,8 +272,11 @@ class RewardModel(nn.Module):
                         raise VlmrError(f"goal {g!r} is not in this reward model's goal set "
                                         f"({len(self.goals)} goals, e.g. {self.goals[:3]})")
                     idx_list.append(self.goal_to_index[g])
-                else:
+                elif isinstance(g, (int, np.integer)) and not isinstance(g, (bool, np.bool_)):
                     idx_list.append(int(g))
+                else:
+                    raise VlmrError(f"goal id {g!r} ({type(g).__name__}) is neither a goal sentence nor an integer "
+                                    "index into the goal set; give ints (whole-number floats: ids.astype(int))")
             idx = torch.tensor(idx_list, dtype=torch.long)
         if idx.numel() and (idx.min() < 0 or idx.max() >= len(self.goals)):
             raise VlmrError(f"goal id {int(idx.max() if idx.max() >= len(self.goals) else idx.min())} is out of "
@@ -287,7 +301,7 @@ class RewardModel(nn.Module):
     @torch.inference_mode()
     def embed_images(self, frames) -> torch.Tensor:
         x = preprocess_frames(frames, self.pre["size"], self.pre["mean"], self.pre["std"],
-                              self.pre["interpolation"], self.device)
+                              self.pre["interpolation"], self.device, self.patch)
         with self._autocast():
             return normalize(self.clip.encode_image(x).float())
 
@@ -297,8 +311,10 @@ class RewardModel(nn.Module):
         return self.embed_images(frames) @ self.text_embeddings().T
 
     def _check_batch(self, frames, idx):
+        check_frames(frames)  # first: a single H x W x 3 frame would count as H frames below
         if len(frames) != len(idx):
-            raise VlmrError(f"got {len(frames)} frames but {len(idx)} goal ids; give one goal per frame")
+            raise VlmrError(f"got {len(frames)} frames but {len(idx)} goal ids; give one goal per frame "
+                            "(the same goal for every frame: [goal] * len(frames))")
 
     @torch.inference_mode()
     def probs(self, frames, goal_ids) -> torch.Tensor:

@@ -81,3 +81,91 @@ def test_set_calibration_refuses_values_out_of_range(tiny_reward_model):
     with pytest.raises(VlmrError, match="got 2 threshold values for 3 goals"):
         rm.set_calibration([0.01] * 3, [0.5] * 2)
     assert torch.equal(rm.temperatures, before[0]) and torch.equal(rm.thresholds, before[1])
+
+
+# ------------------------------------------------------------------------------------------ input checks
+@pytest.mark.parametrize("ids", [[0.0, 1.7], np.array([0.0, 1.7]), torch.tensor([0.0, 1.0]), [True, False],
+                                 [0, 1.0]])
+def test_goal_ids_must_be_integers(tiny_reward_model, ids):
+    """Float ids used to be truncated ([0.0, 1.7] scored goal 1 for the second frame), bools taken as 0/1."""
+    for score in (tiny_reward_model.probs, tiny_reward_model.reward):
+        with pytest.raises(VlmrError, match=r"is neither a goal sentence nor an integer index"):
+            score(frames(2), ids)
+
+
+def test_integer_and_sentence_goal_ids_agree(tiny_reward_model):
+    rm, f = tiny_reward_model, frames(2, seed=3)
+    expected = rm.probs(f, [GOALS[0], GOALS[2]])
+    for ids in ([0, 2], np.array([0, 2], dtype=np.int32), torch.tensor([0, 2]), [np.int64(0), np.int64(2)],
+                np.array([GOALS[0], GOALS[2]]), torch.tensor([0, 2], dtype=torch.uint8)):
+        assert torch.equal(rm.probs(f, ids), expected)
+
+
+def test_a_single_goal_is_one_goal_not_a_sequence(tiny_reward_model):
+    """A string goal was iterated by character: "goal 'g' is not in the goal set"."""
+    rm, f = tiny_reward_model, frames(1, seed=4)
+    assert torch.equal(rm.probs(f, GOALS[1]), rm.probs(f, [GOALS[1]]))
+    assert torch.equal(rm.reward(f, 1), rm.reward(f, [1]))
+    with pytest.raises(VlmrError, match=r"got 3 frames but 1 goal ids; .*\[goal\] \* len\(frames\)"):
+        rm.probs(frames(3), GOALS[1])
+
+
+def test_a_single_frame_needs_a_batch_axis(tiny_reward_model):
+    """An H x W x 3 frame used to be read as H frames: "got 64 frames but 1 goal ids"."""
+    for frame in (frames(1)[0], torch.from_numpy(frames(1)[0])):
+        for score in (tiny_reward_model.probs, tiny_reward_model.reward):
+            with pytest.raises(VlmrError, match=r"got a single frame of shape \(64, 64, 3\) \(use frames\[None\]"):
+                score(frame, [0])
+
+
+def test_frames_smaller_than_a_patch_warn(tiny_reward_model):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"frames are 4 x 6 px, smaller than the model's 8 px patch: they are "
+                                         r"upscaled to 64 x 64 px"):
+        tiny_reward_model.probs(np.zeros((2, 4, 6, 3), np.uint8), [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # frames of at least one patch: no warning
+        tiny_reward_model.probs(frames(1, size=8), [0])
+        tiny_reward_model.all_probs(frames(1, size=64))
+
+
+def write_png16(path, array):
+    """A 16-bit PNG (greyscale H x W or RGB H x W x 3) written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if array.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_score_warns_on_16_bit_images_and_scales_them_down(tiny_reward_model, tmp_path, capsys):
+    from PIL import Image
+
+    from vlmr.cli import main
+    from vlmr.commands import read_image
+
+    write_png16(tmp_path / "grey.png", np.full((16, 16), 40000))
+    write_png16(tmp_path / "rgb.png", np.stack([np.full((16, 16), v) for v in (0, 40000, 65535)], -1))
+    with pytest.warns(UserWarning, match=r"grey.png: 16 bits per channel; vlmr scores 8-bit RGB"):
+        grey = read_image(tmp_path / "grey.png")
+    assert grey.dtype == np.uint8 and grey.shape == (16, 16, 3) and (grey == 156).all()  # not clipped to 255
+    with pytest.warns(UserWarning, match=r"rgb.png: 16 bits per channel"):
+        rgb = read_image(tmp_path / "rgb.png")
+    assert rgb[0, 0].tolist() == [0, 156, 255]
+    Image.fromarray(frames(1)[0]).save(tmp_path / "rgb8.png")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "rgb8.png")
+    tiny_reward_model.save(tmp_path / "rm")
+    for flag in ("--batch-size", "--limit"):
+        assert main(["score", "--model", str(tmp_path / "rm"), flag, "0", str(tmp_path / "rgb8.png")]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
