@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_fixtures import GOALS, tiny_reward_model  # noqa: F401
+from model_fixtures import GOALS, tiny_clip, tiny_reward_model  # noqa: F401
 from vlmr.finetune.reward_model import RewardModel, make_spec
 
 from vlmr.core.calibration_file import read_calibration, write_calibration
@@ -169,3 +169,55 @@ def test_score_warns_on_16_bit_images_and_scales_them_down(tiny_reward_model, tm
     for flag in ("--batch-size", "--limit"):
         assert main(["score", "--model", str(tmp_path / "rm"), flag, "0", str(tmp_path / "rgb8.png")]) == 2
         assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ mismatched checkpoints
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_clip, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip[0].state_dict().items()}, str(path))
+    return path
+
+
+def test_checkpoint_for_another_architecture_names_both_and_the_one_it_fits(tiny_checkpoint, tmp_path):
+    """Used to end in open_clip's `AssertionError: text pos_embed width changed!`."""
+    from safetensors.torch import load_file
+    from vlmr.finetune.models import create_clip
+
+    legacy = tmp_path / "tiny.pt"  # torch.save'd, wrapped and prefixed as DDP training scripts leave them
+    torch.save({"state_dict": {f"module.{k}": v for k, v in load_file(str(tiny_checkpoint)).items()}}, legacy)
+    for path in (tiny_checkpoint, legacy):
+        with pytest.raises(VlmrError, match=rf"^checkpoint {path} does not fit architecture vlmr-small: embedding "
+                                            r"size 64 in the checkpoint, 192 in vlmr-small; vision width 128 in the "
+                                            r"checkpoint, 256 in vlmr-small; .*; its shapes match architecture "
+                                            r"vlmr-tiny: use that one, or a checkpoint made for vlmr-small$"):
+            create_clip("vlmr-small", str(path))
+    create_clip("vlmr-tiny", str(legacy))  # the architecture it was made for loads it
+
+
+def test_reward_model_dir_whose_arch_was_changed(tiny_reward_model, tmp_path):
+    tiny_reward_model.save(tmp_path / "rm")  # random init: full weights in the directory
+    spec = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    (tmp_path / "rm" / "reward_model.json").write_text(json.dumps({**spec, "arch": "ViT-B-32"}))
+    with pytest.raises(VlmrError, match=r"does not fit architecture ViT-B-32: .*vision layers 3 in the checkpoint, "
+                                        r"12 in ViT-B-32; its shapes match architecture vlmr-tiny"):
+        RewardModel.load(tmp_path / "rm")
+
+
+def test_checkpoint_of_no_known_architecture_and_unreadable_checkpoints(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from vlmr.finetune.models import create_clip
+
+    state = load_file(str(tiny_checkpoint))
+    state["token_embedding.weight"] = state["token_embedding.weight"][:1000].contiguous()
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(VlmrError, match=r"does not fit architecture vlmr-tiny: vocabulary size 1000 in the "
+                                        r"checkpoint, 49408 in vlmr-tiny; no known architecture has its shapes"):
+        create_clip("vlmr-tiny", str(tmp_path / "odd.safetensors"))
+    (tmp_path / "cut.safetensors").write_bytes(tiny_checkpoint.read_bytes()[:100_000])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for name in ("cut.safetensors", "junk.pt"):
+        with pytest.raises(VlmrError, match=rf"checkpoint .*{name} cannot be read .*; it is corrupt, truncated"):
+            create_clip("vlmr-tiny", str(tmp_path / name))
