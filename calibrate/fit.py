@@ -31,7 +31,7 @@ from vlmr.calibrate.report import calibration_report
 from vlmr.calibrate.scores import score_split
 
 from vlmr.core.calibration_file import write_calibration
-from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable
 from vlmr.core.metrics import METRICS, pooled_count_metrics
@@ -56,7 +56,7 @@ class CalibrateConfig:
     temperature_min: float = 0.001  # lower bound of the temperature search
     temperature_max: float = 10.0  # upper bound of the temperature search
     ece_bins: int = 15  # bins of the expected calibration error and the reliability diagrams
-    batch_size: int = 256  # frames per reward-model forward pass
+    batch_size: PositiveInt = 256  # frames per reward-model forward pass
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     limit: int | None = None  # score at most this many frames per split (smoke runs); none = all
     cache_scores: bool = True  # keep similarity matrices next to the outputs so refits skip the model
@@ -83,8 +83,8 @@ class CalibrateConfig:
         if not 0.0 < self.temperature_min < self.temperature_max:
             raise ValueError(f"need 0 < temperature_min < temperature_max, got {self.temperature_min}, "
                              f"{self.temperature_max}")
-        if self.ece_bins < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise ValueError("ece_bins, batch_size and limit must be >= 1")
+        if self.ece_bins < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("ece_bins and limit must be >= 1")
 
 
 def resolve_device(device: str) -> str:

@@ -26,14 +26,14 @@ from vlmr.finetune.losses import (
     SigmoidLoss,
     positives_mask,
 )
-from vlmr.finetune.models import create_clip, image_preprocess_cfg
+from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
 from vlmr.finetune.preprocess import preprocess_frames
 from vlmr.finetune.resume import REFUSE, apply_optim, policy
 from vlmr.finetune.reward_math import all_goal_log_probs, normalize
 from vlmr.finetune.reward_model import candidate_prompts, encode_candidates, make_spec
 from vlmr.finetune.validation import SUMMARY_KEYS, GoalScores, sample_rows
 
-from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.config import PositiveFloat, build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import sha256_file
 
@@ -66,7 +66,7 @@ class LossSection:
 
 @config_dataclass
 class OptimSection:
-    lr: float = 1e-3  # peak AdamW learning rate
+    lr: PositiveFloat = 1e-3  # peak AdamW learning rate (0 would train a model that cannot change)
     weight_decay: float = 0.01  # AdamW weight decay on matrices (not on biases, norms, scales)
     warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps
     min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
@@ -96,6 +96,7 @@ class ClipFinetuneModule(pl.LightningModule):
                               templates=mc.templates, goal_prompts=mc.goal_prompts, negatives=mc.negatives)
         self.pretrained_path = Path(pretrained) if self.base_sha256 else None
         self.pre = image_preprocess_cfg(clip)
+        self.patch = patch_size(clip)
         init_tau = mc.init_temperature or 1.0 / float(clip.logit_scale.detach().exp())
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)  # open_clip's non-reentrant checkpoint: LoRA grads still flow
@@ -140,7 +141,7 @@ class ClipFinetuneModule(pl.LightningModule):
 
     def embed_images(self, frames) -> torch.Tensor:
         x = preprocess_frames(frames, self.pre["size"], self.pre["mean"], self.pre["std"], self.pre["interpolation"],
-                              self.device)
+                              self.device, self.patch)
         return normalize(self.base_clip.encode_image(x).float())
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 from functools import cache
 from pathlib import Path
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 
 from vlmr.core.config import shipped_config_dir
 from vlmr.core.errors import VlmrError
@@ -111,17 +113,35 @@ def create_clip(arch: str, pretrained: str | None = None, device: str | torch.de
         finally:
             logging.getLogger().setLevel(level)
         tokenizer = open_clip.get_tokenizer(arch)
-    except (RuntimeError, OSError, FileNotFoundError) as e:
-        if kind in ("tag", "hub"):
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as e:
+        if kind != "file":
+            raise
+        raise VlmrError(f"checkpoint {value} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is corrupt, "
+                        "truncated or no checkpoint: restore it or give another") from None
+    except (RuntimeError, OSError, AssertionError, KeyError, ValueError) as e:
+        if kind == "file":  # open_clip fails deep inside (shape asserts, size mismatches): say what differs
+            from vlmr.finetune.checkpoint_shapes import checkpoint_mismatch
+
+            raise VlmrError(checkpoint_mismatch(value, arch, e)) from None
+        if kind in ("tag", "hub") and isinstance(e, (RuntimeError, OSError)):
             raise VlmrError(
                 f"could not fetch weights for {arch} {value or ''} ({type(e).__name__}: {str(e)[:200]}). "
                 f"Without a network use a local checkpoint path or the offline base model."
             ) from None
-        if kind == "file":
-            raise VlmrError(f"checkpoint {value} does not fit architecture {arch}: {str(e)[:300]}") from None
         raise
     model.eval()
     return model, tokenizer
+
+
+def patch_size(model) -> int | None:
+    """The vision tower's patch side in px, or None for towers without patches (ResNets)."""
+    visual = getattr(model, "visual", None)
+    size = getattr(visual, "patch_size", None)
+    if size is None:  # timm towers keep it on the patch embedding
+        size = getattr(getattr(getattr(visual, "trunk", None), "patch_embed", None), "patch_size", None)
+    if size is None:
+        return None
+    return int(min(size)) if isinstance(size, (tuple, list)) else int(size)
 
 
 def image_preprocess_cfg(model) -> dict:

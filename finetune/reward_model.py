@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
-from vlmr.finetune.models import create_clip, image_preprocess_cfg
-from vlmr.finetune.preprocess import preprocess_frames
+from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
+from vlmr.finetune.preprocess import check_frames, preprocess_frames
 from vlmr.finetune.reward_math import (
     all_goal_log_probs,
     binary_reward,
@@ -31,8 +32,8 @@ from vlmr.finetune.reward_math import (
     normalize,
 )
 
-from vlmr.core.calibration_file import read_calibration
-from vlmr.core.config import build_config, config_dataclass
+from vlmr.core.calibration_file import read_calibration, reward_parameter_problem
+from vlmr.core.config import PositiveFloat, PositiveInt, build_config, config_dataclass
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_dir, canonical_json, read_json, sha256_file, sha256_text
 from vlmr.core.quality import quality_issue
@@ -41,6 +42,7 @@ REWARD_MODEL_VERSION = 1
 SPEC_FILE = "reward_model.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
+UnitFloat = Annotated[float, Field(ge=0, le=1)]  # in [0, 1]; NaN fails the bounds too
 
 
 @config_dataclass
@@ -55,10 +57,10 @@ class RewardModelSpec:
     goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts, replace templates
     negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidate captions that are never goals
     reward_mode: Literal["binary", "prob", "goal_baseline"] = "binary"  # how P(g|o) becomes a reward
-    alpha: float = 0.5  # goal_baseline projection weight (vlmrm), in [0, 1]
-    temperature: float = 0.01  # default tau_g when no calibration is given (CLIP's logit scale 100)
-    threshold: float = 0.5  # default beta_g when no calibration is given
-    image_size: int | None = None  # model input size, filled in from the architecture
+    alpha: UnitFloat = 0.5  # goal_baseline projection weight (vlmrm), in [0, 1]
+    temperature: PositiveFloat = 0.01  # default tau_g when no calibration is given (CLIP's logit scale 100)
+    threshold: UnitFloat = 0.5  # default beta_g when no calibration is given, in [0, 1]
+    image_size: PositiveInt | None = None  # model input size, filled in from the architecture
     version: int = REWARD_MODEL_VERSION  # file format version
 
     def __post_init__(self):
@@ -75,8 +77,6 @@ class RewardModelSpec:
         clash = [n for n in self.negatives if n in self.goals]
         if clash:
             raise ValueError(f"negative captions may not also be goals: {clash}")
-        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
-            raise ValueError("alpha must be in [0, 1] and temperature > 0")
 
 
 def make_spec(**fields) -> RewardModelSpec:
@@ -109,11 +109,26 @@ def identity_hash(spec: RewardModelSpec, adapter_sha256: str | None) -> str:
     return sha256_text(canonical_json({"spec": fields, "adapter_sha256": adapter_sha256}))
 
 
+def read_spec(path: str | Path) -> RewardModelSpec:
+    """The spec of a reward-model directory, checked: its version, and (one line each) its default
+    temperature and threshold, which a hand edit could set to values that silently change every reward."""
+    file = Path(path) / SPEC_FILE
+    raw = read_json(file, "reward model spec")
+    if not isinstance(raw, dict) or raw.get("version") != REWARD_MODEL_VERSION:
+        raise VlmrError(f"{file}: version {raw.get('version') if isinstance(raw, dict) else None!r} "
+                        f"is not readable by this vlmr (reads version {REWARD_MODEL_VERSION})")
+    for key in ("temperature", "threshold"):
+        problem = reward_parameter_problem(key, raw[key]) if key in raw else None
+        if problem:
+            raise VlmrError(f"{file}: {problem} (the default for every goal without a calibration); restore the "
+                            "file or export the reward model again")
+    return build_config(RewardModelSpec, raw, str(file))
+
+
 def reward_model_id(path: str | Path) -> str:
     """The identity hash of a reward-model directory, without loading any weights."""
     path = Path(path)
-    raw = read_json(path / SPEC_FILE, "reward model spec")
-    spec = build_config(RewardModelSpec, raw, str(path / SPEC_FILE))
+    spec = read_spec(path)
     adapter = path / ADAPTER_FILE
     return identity_hash(spec, sha256_file(adapter) if adapter.is_file() else None)
 
@@ -124,6 +139,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.clip, self.tokenizer = clip, tokenizer
         self.pre = image_preprocess_cfg(clip)
+        self.patch = patch_size(clip)
         self.spec = dataclasses.replace(spec, image_size=self.pre["size"][0])
         self.pretrained_path = pretrained_path  # absolute path of a checkpoint file, when there is one
         self.model_id = identity_hash(self.spec, adapter_sha256)
@@ -157,11 +173,7 @@ class RewardModel(nn.Module):
         from peft import PeftModel
 
         path = Path(path)
-        raw = read_json(path / SPEC_FILE, "reward model spec")
-        if not isinstance(raw, dict) or raw.get("version") != REWARD_MODEL_VERSION:
-            raise VlmrError(f"{path / SPEC_FILE}: version {raw.get('version') if isinstance(raw, dict) else None!r} "
-                            f"is not readable by this vlmr (reads version {REWARD_MODEL_VERSION})")
-        spec = build_config(RewardModelSpec, raw, str(path / SPEC_FILE))
+        spec = read_spec(path)
         ckpt = None
         if spec.pretrained_sha256:
             ckpt = (path / spec.pretrained).resolve()
@@ -215,6 +227,15 @@ class RewardModel(nn.Module):
 
     # ---------------------------------------------------------------- calibration
     def set_calibration(self, temperatures, thresholds) -> None:
+        """Per-goal temperatures and thresholds in goal-set order (or one value for every goal)."""
+        for key, values in (("temperature", temperatures), ("threshold", thresholds)):
+            values = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
+            if len(values) not in (1, len(self.goals)):
+                raise VlmrError(f"set_calibration: got {len(values)} {key} values for {len(self.goals)} goals")
+            for goal, value in zip(self.goals if len(values) > 1 else ["(every goal)"], values):
+                problem = reward_parameter_problem(key, value)
+                if problem:
+                    raise VlmrError(f"set_calibration: goal {goal!r}: {problem}")
         self.temperatures.copy_(torch.as_tensor(temperatures, dtype=torch.float32))
         self.thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
@@ -243,10 +264,20 @@ class RewardModel(nn.Module):
         return self.temperatures.device
 
     def goal_index(self, goal_ids) -> torch.Tensor:
-        """Goal sentences or integer ids -> a long tensor of ids, with a clear error for unknown goals."""
-        if isinstance(goal_ids, torch.Tensor) or (isinstance(goal_ids, np.ndarray) and goal_ids.dtype.kind in "iu"):
+        """Goal sentences or integer ids -> a long tensor of ids, with a clear error for unknown goals.
+
+        A single sentence or id is one goal. Anything else that is not an integer (0.0, 1.7, True) is refused:
+        truncating it would silently score the frame for another goal."""
+        if isinstance(goal_ids, (str, int, np.integer)):
+            goal_ids = [goal_ids]
+        integer_array = (goal_ids.dtype.kind in "iu" if isinstance(goal_ids, np.ndarray) else
+                         isinstance(goal_ids, torch.Tensor) and not goal_ids.dtype.is_floating_point
+                         and not goal_ids.dtype.is_complex and goal_ids.dtype != torch.bool)
+        if integer_array:
             idx = torch.as_tensor(goal_ids).long().reshape(-1).cpu()
         else:
+            if isinstance(goal_ids, (torch.Tensor, np.ndarray)):
+                goal_ids = goal_ids.reshape(-1).tolist()
             idx_list = []
             for g in goal_ids:
                 if isinstance(g, str):
@@ -254,8 +285,11 @@ class RewardModel(nn.Module):
                         raise VlmrError(f"goal {g!r} is not in this reward model's goal set "
                                         f"({len(self.goals)} goals, e.g. {self.goals[:3]})")
                     idx_list.append(self.goal_to_index[g])
-                else:
+                elif isinstance(g, (int, np.integer)) and not isinstance(g, (bool, np.bool_)):
                     idx_list.append(int(g))
+                else:
+                    raise VlmrError(f"goal id {g!r} ({type(g).__name__}) is neither a goal sentence nor an integer "
+                                    "index into the goal set; give ints (whole-number floats: ids.astype(int))")
             idx = torch.tensor(idx_list, dtype=torch.long)
         if idx.numel() and (idx.min() < 0 or idx.max() >= len(self.goals)):
             raise VlmrError(f"goal id {int(idx.max() if idx.max() >= len(self.goals) else idx.min())} is out of "
@@ -280,7 +314,7 @@ class RewardModel(nn.Module):
     @torch.inference_mode()
     def embed_images(self, frames) -> torch.Tensor:
         x = preprocess_frames(frames, self.pre["size"], self.pre["mean"], self.pre["std"],
-                              self.pre["interpolation"], self.device)
+                              self.pre["interpolation"], self.device, self.patch)
         with self._autocast():
             return normalize(self.clip.encode_image(x).float())
 
@@ -290,8 +324,10 @@ class RewardModel(nn.Module):
         return self.embed_images(frames) @ self.text_embeddings().T
 
     def _check_batch(self, frames, idx):
+        check_frames(frames)  # first: a single H x W x 3 frame would count as H frames below
         if len(frames) != len(idx):
-            raise VlmrError(f"got {len(frames)} frames but {len(idx)} goal ids; give one goal per frame")
+            raise VlmrError(f"got {len(frames)} frames but {len(idx)} goal ids; give one goal per frame "
+                            "(the same goal for every frame: [goal] * len(frames))")
 
     @torch.inference_mode()
     def probs(self, frames, goal_ids) -> torch.Tensor:

@@ -43,7 +43,7 @@ from vlmr.finetune.lit_module import (
 from vlmr.finetune.lora import LoraSection
 from vlmr.finetune.resume import check_resume, run_record
 
-from vlmr.core.config import config_dataclass, config_to_dict, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, check_writable, set_usual_mode, write_error
 from vlmr.core.provenance import run_info
@@ -56,7 +56,7 @@ BASE_INIT_FILE = "base_init.safetensors"
 @config_dataclass
 class DataSection:
     dir: str  # dataset folder written by `vlmr collect` (shards + manifest.json)
-    batch_size: int = 64  # frames per batch and per device
+    batch_size: PositiveInt = 64  # frames per batch and per device
     num_workers: int = 0  # dataloader workers (shards are split across them)
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer for train
     select_fraction: float = 0.0  # share of train env seeds carved out as the `select` split, which validation

@@ -75,3 +75,40 @@ def test_every_shipped_pipeline_and_rl_config_loads_with_its_stage_sections():
         for key, cls in stages.items():
             if getattr(cfg, key) is not None:
                 stage_config(cls, getattr(cfg, key), {}, f"{cfg.name}/{key}")
+
+
+@pytest.mark.parametrize("config, cls_path, override, key", [
+    ("configs/finetune/babyai_lora.yaml", "vlmr.finetune.train:FinetuneConfig", "data.batch_size=0", "data.batch_size"),
+    ("configs/finetune/babyai_lora.yaml", "vlmr.finetune.train:FinetuneConfig", "optim.lr=0", "optim.lr"),
+    ("configs/finetune/babyai_lora.yaml", "vlmr.finetune.train:FinetuneConfig", "optim.lr=-1", "optim.lr"),
+    ("configs/finetune/babyai_lora.yaml", "vlmr.finetune.train:FinetuneConfig", "optim.lr=.nan", "optim.lr"),
+    ("configs/calibrate/babyai_goto.yaml", "vlmr.calibrate.fit:CalibrateConfig", "batch_size=0", "batch_size"),
+    ("configs/data/shapes.yaml", "vlmr.rl.collect.collect:CollectConfig", "image_size=0", "image_size"),
+    ("configs/rl/babyai_goto.yaml", "vlmr.rl.agent.ppo:PPOConfig", "image_size=-1", "image_size"),
+    ("configs/rl/babyai_goto.yaml", "vlmr.rl.agent.ppo:PPOConfig", "learning_rate=0", "learning_rate"),
+    ("configs/rl/compare_babyai.yaml", "vlmr.rl.experiments.compare:CompareConfig", "rl.learning_rate=-1e-3",
+     "rl.learning_rate"),
+    ("configs/pipeline/babyai_demo.yaml", "vlmr.rl.experiments.pipeline:PipelineConfig", "image_size=0", "image_size"),
+    ("configs/pipeline/babyai_demo.yaml", "vlmr.rl.experiments.pipeline:PipelineConfig", "frame_size=-3", "frame_size"),
+])
+def test_sizes_and_learning_rates_out_of_range_name_their_key(config, cls_path, override, key):
+    """lr <= 0 (a model that cannot change, or an optimizer traceback), batch and image sizes below 1."""
+    import importlib
+
+    module, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    load_config(cls, config)  # the shipped config itself is fine
+    with pytest.raises(VlmrError, match=rf"{config}:\n  key '{key}': Input should be (greater|a finite)"):
+        load_config(cls, config, [override])
+
+
+def test_evaluate_batch_size_and_scaling_sizes_out_of_range():
+    from vlmr.calibrate.evaluate import EvaluateConfig
+    from vlmr.rl.experiments.scaling import ScalingModel
+
+    from vlmr.core.config import build_config
+
+    with pytest.raises(VlmrError, match=r"batch_size \(--batch-size\) must be >= 1"):
+        build_config(EvaluateConfig, {"models": [{"dir": "m"}], "data": "d", "batch_size": 0})
+    with pytest.raises(VlmrError, match=r"key 'frame_size': Input should be greater than or equal to 1"):
+        build_config(ScalingModel, {"arch": "vlmr-tiny", "image_size": 64, "frame_size": 0})

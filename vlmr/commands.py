@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,33 @@ def models_main(argv: list[str]) -> int:
     return 0
 
 
+def bits_per_channel(image) -> int:
+    """Bits per channel of an opened PIL image as stored in the file (Pillow opens 16-bit RGB PNGs as 8-bit RGB)."""
+    if image.mode in ("I", "F"):
+        return 32
+    rawmodes = [t.args if isinstance(t.args, str) else (t.args or ("",))[0] for t in (image.tile or [])]
+    return 16 if image.mode.startswith("I;16") or any("16" in str(r) for r in rawmodes) else 8
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as a uint8 H x W x 3 frame. Deeper images are reduced to 8 bits with a warning (the frames
+    vlmr scores are 8-bit RGB); 16-bit greyscale is scaled down, where PIL's own conversion would clip it."""
+    from PIL import Image
+
+    image = Image.open(path)
+    bits = bits_per_channel(image)
+    if bits > 8:
+        warnings.warn(f"{path}: {bits} bits per channel; vlmr scores 8-bit RGB frames, so it is reduced to 8 bits",
+                      UserWarning, stacklevel=3)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.clip(np.asarray(image).astype(np.float64) / 257.0, 0, 255)  # 65535 -> 255
+        return np.repeat(grey.round().astype(np.uint8)[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
 def load_inputs(paths: list[str], limit: int | None) -> list[tuple[str, np.ndarray]]:
     """Image files and webdataset shards -> (name, uint8 H x W x 3 frame) pairs."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     items = []
     for p in paths:
@@ -78,7 +103,7 @@ def load_inputs(paths: list[str], limit: int | None) -> list[tuple[str, np.ndarr
                     return items
         else:
             try:
-                items.append((str(path), np.asarray(Image.open(path).convert("RGB"))))
+                items.append((str(path), read_image(path)))
             except (UnidentifiedImageError, OSError) as e:
                 raise VlmrError(f"cannot read image {path}: {e}") from None
         if limit and len(items) >= limit:
@@ -103,6 +128,9 @@ def score_main(argv: list[str]) -> int:
     parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
     parser.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or webdataset shards (.tar)")
     args = parser.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise VlmrError(f"{flag} must be >= 1, got {value}")
 
     if args.model:
         rm = RewardModel.load(args.model, calibration=args.calibration, strict=args.strict)

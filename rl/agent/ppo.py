@@ -41,7 +41,14 @@ from vlmr.rl.agent.policy import Agent, GoalLookup, evaluate, goal_vocabulary
 from vlmr.rl.agent.vector_envs import action_names, env_goal_set, make_vector_env, missions
 from vlmr.rl.experiments.stats import nan_to_none
 
-from vlmr.core.config import config_dataclass, config_fingerprint, config_to_dict, stage_main
+from vlmr.core.config import (
+    PositiveFloat,
+    PositiveInt,
+    config_dataclass,
+    config_fingerprint,
+    config_to_dict,
+    stage_main,
+)
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, check_writable, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
@@ -65,13 +72,13 @@ class PPOConfig:
     goal_model: str | None = None  # reward-model dir whose text embeddings encode goals; null = reward_model
     goals: list[str] | None = None  # goal vocabulary for one-hot; null = the env's goal set, else the model's
     obs_mode: Literal["symbolic", "pixels"] = "symbolic"  # policy input: MiniGrid grid encoding or egocentric pixels
-    image_size: int | None = None  # rendered frame size (px) for the reward; null = the reward model's input size
+    image_size: PositiveInt | None = None  # rendered frame size (px) for the reward; null = the reward model's input size
     actions: list[str] | None = None  # action subset by name (left, right, forward / move_left, do, ...); null = all
     total_timesteps: int = 30_000  # env steps over all envs
     num_envs: int = 8  # parallel envs
     num_steps: int = 64  # steps per env per rollout
     vector: Literal["sync", "async"] = "sync"  # gymnasium vector env type (async: one process per env)
-    learning_rate: float = 2e-3  # Adam learning rate (tuned on BabyAI GoTo levels; CleanRL's 2.5e-4 is slow here)
+    learning_rate: PositiveFloat = 2e-3  # Adam learning rate (tuned on BabyAI GoTo levels; CleanRL's 2.5e-4 is slow here)
     anneal_lr: bool = True  # linear decay of the learning rate to 0
     gamma: float = 0.99  # discount
     gae_lambda: float = 0.95  # GAE lambda

@@ -32,6 +32,7 @@ from vlmr.rl.collect.holdout import clean_captions, held_pairs, resolve_holdout
 from vlmr.rl.envs import family
 
 from vlmr.core.config import (
+    PositiveInt,
     build_config,
     config_dataclass,
     config_fingerprint,
@@ -65,7 +66,7 @@ class CollectConfig:
     env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
     goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals)
     view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | topdown (whole grid)
-    image_size: int = 64  # frame side in pixels, the reward model's input size
+    image_size: PositiveInt = 64  # frame side in pixels, the reward model's input size
     frames: SplitFrames = dataclasses.field(default_factory=SplitFrames)  # frames per split
     shard_size: int = 1000  # frames per shard (at most 10000)
     seed: int = 0  # base seed; env seeds are derived from it per split and episode

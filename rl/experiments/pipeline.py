@@ -38,7 +38,7 @@ from vlmr.rl.experiments.pipeline_stages import (
 )
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, StopPipeline
 
-from vlmr.core.config import config_dataclass, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import check_writable, sha256_file
 
@@ -58,8 +58,8 @@ class PipelineConfig:
     runs_dir: str = "runs"  # parent folder of the run
     data_dir: str = "data"  # parent folder of the datasets
     arch: str = "vlmr-small"  # architecture of every model in the chain
-    image_size: int = 112  # the architecture's input size; the shapes corpus is rendered at it
-    frame_size: int | None = None  # size the domain frames (data and PPO's reward view) are rendered at, resized to
+    image_size: PositiveInt = 112  # the architecture's input size; the shapes corpus is rendered at it
+    frame_size: PositiveInt | None = None  # size the domain frames (data and PPO's reward view) are rendered at, resized to
     # image_size by the reward model; null = image_size. 96 for a 112 px, 16 px patch model puts grid-world cells
     # off the patch grid (at 112 px each BabyAI cell is exactly one patch; see README, scaling study)
     workers: int = 1  # collection processes

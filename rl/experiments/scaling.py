@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from vlmr.rl.experiments.scaling_report import agents_of, write_outputs
 
-from vlmr.core.config import config_dataclass, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import check_writable, read_json
 
@@ -33,8 +33,8 @@ from vlmr.core.files import check_writable, read_json
 @config_dataclass
 class ScalingModel:
     arch: str  # open_clip architecture (configs/models/*.json or a stock one)
-    image_size: int  # the architecture's input size
-    frame_size: int | None = None  # size the domain frames are rendered at (pipeline frame_size); null = image_size
+    image_size: PositiveInt  # the architecture's input size
+    frame_size: PositiveInt | None = None  # size the domain frames are rendered at (pipeline frame_size); null = image_size
 
 
 @config_dataclass

@@ -8,6 +8,7 @@ held-out metrics; plus the identity hash of the reward model it was fitted for.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from vlmr.core.errors import VlmrError
@@ -15,6 +16,22 @@ from vlmr.core.files import atomic_write_json, read_json
 
 # 2: undefined metrics are null with a note (version 1 wrote precision 0.0 where nothing was predicted)
 CALIBRATION_VERSION = 2
+
+
+def reward_parameter_problem(key: str, value) -> str | None:
+    """What is wrong with a goal's `temperature` or `threshold` value, or None when it is usable.
+
+    Out-of-range values do not fail later, they silently change the reward: a NaN threshold never fires, a
+    negative one always fires, a NaN temperature gives P = NaN and an infinite one a uniform P. (Python's json
+    reads NaN and Infinity, so a hand-edited file can hold them.)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key} {value!r} is not a number"
+    if key == "temperature" and not (math.isfinite(value) and value > 0):
+        return f"temperature {value!r} must be finite and > 0"
+    if key == "threshold" and not 0.0 <= value <= 1.0:  # NaN fails this too
+        return f"threshold {value!r} must be in [0, 1]"
+    return None
 
 
 def write_calibration(path: str | Path, model_id: str, goals: dict[str, dict], **extra) -> Path:
@@ -44,9 +61,10 @@ def read_calibration(path: str | Path, model_id: str | None = None, goals: list[
             raise VlmrError(f"calibration file {path} lacks goals {missing[:5]}; refit it with `vlmr calibrate`.")
     for goal, entry in entries.items():
         for key in ("temperature", "threshold"):
-            value = entry.get(key) if isinstance(entry, dict) else None
-            if not isinstance(value, (int, float)):
-                raise VlmrError(f"calibration file {path}: goal {goal!r} has no numeric {key!r}")
-        if entry["temperature"] <= 0:
-            raise VlmrError(f"calibration file {path}: goal {goal!r} has temperature {entry['temperature']}, must be > 0")
+            if not isinstance(entry, dict) or key not in entry:
+                raise VlmrError(f"calibration file {path}: goal {goal!r} has no {key!r}; refit it with `vlmr calibrate`")
+            problem = reward_parameter_problem(key, entry[key])
+            if problem:
+                raise VlmrError(f"calibration file {path}: goal {goal!r}: {problem}; restore the file or refit it "
+                                "with `vlmr calibrate`")
     return data

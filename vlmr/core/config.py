@@ -18,16 +18,21 @@ import dataclasses
 import difflib
 import importlib.resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import canonical_json, sha256_text
 
 T = TypeVar("T")
+
+# Range-checked field types. A bad value is reported against its own key ("key 'data.batch_size': Input
+# should be greater than or equal to 1 (got 0)"), where a check in __post_init__ could only name the section.
+PositiveInt = Annotated[int, Field(ge=1)]  # counts and sizes: batch sizes, image sizes
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # rates: finite and > 0 (a learning rate)
 
 
 def config_dataclass(cls):
