@@ -43,6 +43,8 @@ SPEC_FILE = "reward_model.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
 UnitFloat = Annotated[float, Field(ge=0, le=1)]  # in [0, 1]; NaN fails the bounds too
+# captions of frames that show no goal, for a model with one goal: its softmax needs something to compare with
+GENERIC_NEGATIVES = ("an empty room", "a blank image", "a plain wall", "an empty floor")
 
 
 @config_dataclass
@@ -77,6 +79,11 @@ class RewardModelSpec:
         clash = [n for n in self.negatives if n in self.goals]
         if clash:
             raise ValueError(f"negative captions may not also be goals: {clash}")
+        if len(self.goals) + len(self.negatives) < 2:  # softmax over one candidate: P(g|o) = 1 for any frame
+            raise ValueError(f"the goal {self.goals[0]!r} alone has nothing to be compared with, so P(g|o) would be 1 "
+                             "for every frame: add negative captions of what is not the goal (negatives=[...], "
+                             "`vlmr score --negative CAPTION`; e.g. GENERIC_NEGATIVES: "
+                             f"{', '.join(repr(n) for n in GENERIC_NEGATIVES[:2])}), or more goals")
 
 
 def make_spec(**fields) -> RewardModelSpec:

@@ -50,10 +50,10 @@ def test_score_images_with_a_saved_model(tiny_reward_model, tmp_path, capsys):
 
 
 def test_score_errors_are_one_line_messages(tmp_path, capsys):
-    assert main(["score", "--arch", "vlmr-tiny", "--goal", "x", str(tmp_path / "missing.png")]) == 2
+    assert main(["score", "--arch", "vlmr-tiny", "--goal", "x", "--goal", "y", str(tmp_path / "missing.png")]) == 2
     assert "input not found" in capsys.readouterr().err
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    assert main(["score", "--arch", "vlmr-tiny", "--goal", "x", str(tmp_path / "bad.png")]) == 2
+    assert main(["score", "--arch", "vlmr-tiny", "--goal", "x", "--goal", "y", str(tmp_path / "bad.png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
 
 
@@ -64,7 +64,7 @@ def test_console_script_runs():
 
 def test_score_a_shard(babyai_dataset, capsys):
     shard = sorted(babyai_dataset.glob("test-*.tar"))[0]
-    assert main(["score", "--arch", "vlmr-tiny", "--goal", "go to the red ball", "--limit", "5", "--json",
+    assert main(["score", "--arch", "vlmr-tiny", "--goal", "go to the red ball", "--negative", "an empty room", "--limit", "5", "--json",
                  str(shard)]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert len(results) == 5 and all(r["input"].startswith(shard.name + ":") for r in results)

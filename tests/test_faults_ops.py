@@ -365,7 +365,7 @@ def test_a_changed_learning_rate_is_applied_from_the_checkpoint_and_recorded(tra
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["vlmr"]["resumes"] == [change]
     # the schedule is the new one: base lr 1e-4, at step 6 of a 6-step cosine, not the checkpoint's 3e-3
-    module = ClipFinetuneModule(["a"], {"arch": "vlmr-tiny"}, {"r": 4}, {}, {"lr": 1e-4, "warmup_steps": 2},
+    module = ClipFinetuneModule(["a", "b"], {"arch": "vlmr-tiny"}, {"r": 4}, {}, {"lr": 1e-4, "warmup_steps": 2},
                                 max_steps=6)
     for group in state["optimizer_states"][0]["param_groups"]:
         assert group["initial_lr"] == 1e-4 and group["lr"] == pytest.approx(1e-4 * module.lr_factor(6))

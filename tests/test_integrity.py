@@ -204,7 +204,7 @@ def test_verify_gives_a_verdict_per_shard(data, capsys):
 def test_score_refuses_a_damaged_shard_in_one_line(data, tmp_path, capsys):
     from vlmr.cli import main as vlmr
 
-    args = ["score", "--arch", "vlmr-tiny", "--goal", "a red circle", "--limit", "3"]
+    args = ["score", "--arch", "vlmr-tiny", "--goal", "a red circle", "--goal", "a blue square", "--limit", "3"]
     assert vlmr([*args, str(data / "test-000000.tar")]) == 0
     capsys.readouterr()
     flip_png(data / "test-000000.tar")

@@ -147,7 +147,7 @@ def test_local_checkpoint_is_referenced_by_hash(tiny_reward_model, tmp_path):
 def test_reward_model_dir_errors(tmp_path):
     with pytest.raises(VlmrError, match="reward model spec not found"):
         RewardModel.load(tmp_path)
-    (tmp_path / "reward_model.json").write_text(json.dumps({"version": 1, "arch": "vlmr-tiny", "goals": ["a"],
+    (tmp_path / "reward_model.json").write_text(json.dumps({"version": 1, "arch": "vlmr-tiny", "goals": ["a", "b"],
                                                             "colour": "red"}))
     with pytest.raises(VlmrError, match="unknown key 'colour'"):
         RewardModel.load(tmp_path)
@@ -201,3 +201,15 @@ def test_reward_model_id_without_loading_weights(tiny_reward_model, tmp_path):
 
     tiny_reward_model.save(tmp_path / "rm")
     assert reward_model_id(tmp_path / "rm") == tiny_reward_model.model_id
+
+
+def test_a_goal_alone_is_refused_with_both_fixes_and_works_with_negatives():
+    from vlmr.finetune.reward_model import GENERIC_NEGATIVES
+
+    with pytest.raises(VlmrError, match="alone has nothing to be compared with.*negative captions.*or more goals"):
+        RewardModel.create("vlmr-tiny", ["go to the red ball"])
+    torch.manual_seed(0)
+    rm = RewardModel.create("vlmr-tiny", ["go to the red ball"], negatives=list(GENERIC_NEGATIVES))
+    frames = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8).numpy()
+    p = rm.probs(frames, [0] * 8)
+    assert (p < 1 - 1e-6).all() and float(p.std()) > 0  # no longer 1 for every frame: negatives compete

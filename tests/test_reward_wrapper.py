@@ -190,7 +190,7 @@ def test_bad_input_errors(prob_model):
     envs = VLMReward(vector(1, render=False), prob_model)  # plain gym.make: render_mode None
     with pytest.raises(VlmrError, match="cannot render"):
         envs.reset(seed=0)
-    small = RewardModel.create("vlmr-tiny", ["go to the red ball"])
+    small = RewardModel.create("vlmr-tiny", ["go to the red ball"], negatives=["an empty room"])
     envs = VLMReward(vector(2), small)
     with pytest.raises(VlmrError, match="does not cover the env's missions"):
         envs.reset(seed=0)
