@@ -68,6 +68,9 @@ class RewardModelSpec:
     def __post_init__(self):
         if not self.goals:
             raise ValueError("the goal set is empty; give at least one goal sentence")
+        if any(not g.strip() for g in self.goals + self.negatives):
+            raise ValueError("a goal or negative caption is empty; give each one as a sentence (`--goal \"go to the "
+                             "red ball\"`)")
         dupes = sorted({g for g in self.goals if self.goals.count(g) > 1})
         if dupes:
             raise ValueError(f"the goal set has duplicate goals: {dupes}")

@@ -213,3 +213,8 @@ def test_a_goal_alone_is_refused_with_both_fixes_and_works_with_negatives():
     frames = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8).numpy()
     p = rm.probs(frames, [0] * 8)
     assert (p < 1 - 1e-6).all() and float(p.std()) > 0  # no longer 1 for every frame: negatives compete
+
+
+def test_an_empty_goal_sentence_is_refused():
+    with pytest.raises(VlmrError, match="is empty"):
+        RewardModel.create("vlmr-tiny", ["go to the red ball", "  "])
