@@ -47,10 +47,10 @@ def test_goal_objects_stay_in_view_of_every_augmented_positive_frame(babyai_data
 
 
 def corner_frame(size: int = 64) -> np.ndarray:
-    """A grey frame with a differently coloured 6 px object in each corner: any crop or zoom-in cuts one."""
+    """A grey frame with a differently coloured 8 px object in each corner: any crop or zoom-in cuts one."""
     f = np.full((size, size, 3), 100, np.uint8)
-    for (r, c), rgb in zip([(0, 0), (0, size - 6), (size - 6, 0), (size - 6, size - 6)], COLOURS.values()):
-        f[r:r + 6, c:c + 6] = rgb
+    for (r, c), rgb in zip([(0, 0), (0, size - 8), (size - 8, 0), (size - 8, size - 8)], COLOURS.values()):
+        f[r:r + 8, c:c + 8] = rgb
     return f
 
 
@@ -64,8 +64,8 @@ def test_scale_and_resize_jitter_keep_the_whole_frame(section):
     frame = corner_frame()
     aug = FrameAugment(AugmentSection(**({**NO_COLOUR, **section})), (64, 64))
     out = aug(torch.from_numpy(np.repeat(frame[None], 32, axis=0)), torch.Generator().manual_seed(1)).numpy()
-    for rgb in list(COLOURS.values())[:4]:  # every corner object is still in every frame
-        assert (colour_pixels(out, rgb) >= 9).all()
+    for rgb in list(COLOURS.values())[:4]:  # every corner object is still in every frame (blurred, jittered)
+        assert (colour_pixels(out, rgb, tol=70) >= 9).all()
     if section["zoom_out"] < 1 and "brightness" not in section:  # a zoom-out pads in the frame's border colour (grey), not black, not smeared objects
         padded = [any((edge == 100).all() for edge in (o[0], o[-1], o[:, 0], o[:, -1])) for o in out]
         assert sum(padded) >= 28  # all but the few drawn at a scale that rounds to the full side
@@ -77,7 +77,7 @@ def test_zoom_out_draws_the_frame_smaller_and_pads_rather_than_crops():
     aug = FrameAugment(AugmentSection(resize=(1.0, 1.0), zoom_out=0.75, **NO_COLOUR), (64, 64))
     out = aug(torch.from_numpy(np.repeat(frame[None], 16, axis=0)), torch.Generator().manual_seed(2)).numpy()
     red = colour_pixels(out, COLOURS["red"], tol=40)
-    assert (red < 36).any() and (red <= 36).all()  # the red object shrinks (often), never grows
+    assert (red < 64).any() and (red <= 64).all()  # the red object shrinks (often), never grows
 
 
 def test_frames_come_out_at_the_model_input_size_and_p_zero_leaves_them_alone():
