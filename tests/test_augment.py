@@ -13,7 +13,7 @@ from vlmr.core.errors import VlmrError
 # minigrid's object colours; grey goals are left out below (grey is also the grid lines)
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "purple": (112, 39, 195),
            "yellow": (255, 255, 0)}
-NO_COLOUR = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+NO_COLOUR = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "p": 1.0}  # every frame augmented
 
 
 def colour_pixels(frames: np.ndarray, rgb, tol: int = 40) -> np.ndarray:
@@ -90,7 +90,7 @@ def test_frames_come_out_at_the_model_input_size_and_p_zero_leaves_them_alone():
 
 def test_colour_jitter_keeps_each_colour_the_colour_it_is():
     frames = np.stack([np.full((64, 64, 3), rgb, np.uint8) for rgb in COLOURS.values()])
-    aug = FrameAugment(AugmentSection(resize=(1.0, 1.0), zoom_out=1.0, brightness=0.5, contrast=0.5,
+    aug = FrameAugment(AugmentSection(p=1.0, resize=(1.0, 1.0), zoom_out=1.0, brightness=0.5, contrast=0.5,
                                       saturation=0.5), (64, 64))
     for seed in range(10):
         out = aug(torch.from_numpy(frames), torch.Generator().manual_seed(seed)).numpy().astype(int)
