@@ -17,6 +17,11 @@ From Python, the same run with the typed config:
     evaluate(EvaluateConfig(models=[{"dir": "runs/demo/adapted", "calibration": "auto"}], data="data/babyai_goto"))
     read_results("runs/demo/evaluate.json")   # refuses results written by an older vlmr
 
+`--render-size N` scores the split's episodes drawn again at N px (same env seeds and behaviour
+policy, collected once into <data>/render-<N>/) and resized to each model's input, which shows
+what frames drawn at another size cost; vlmr.rl.collect.rerender does the drawing, so from
+Python use `vlmr.run_evaluate` for it. The results record the render size.
+
 Tests: `.venv/bin/python -m pytest tests/test_evaluate.py -q`
 """
 
@@ -62,6 +67,8 @@ class EvaluateConfig:
     batch_size: int = 256  # frames per reward-model forward pass
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     limit: int | None = None  # score at most this many frames (smoke runs); none = all
+    render_size: int | None = None  # score the split's episodes drawn again at this many px (cached in
+    # <data>/render-<N>/) and resized to each model's input; none = the stored frames
     ece_bins: int = 15  # bins of the expected calibration error
     cache_scores: bool = True  # read and write similarity matrices in <model>/calibration/ (shared with calibrate)
     logger: Literal["wandb", "csv", "none"] = "none"  # also log results: W&B (offline unless WANDB_MODE is set), CSV
@@ -75,7 +82,7 @@ class EvaluateConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"two models would share the column name(s) {dupes}; give each a distinct --name")
-        for key in ("batch_size", "ece_bins", "limit"):
+        for key in ("batch_size", "ece_bins", "limit", "render_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} (--{key.replace('_', '-')}) must be >= 1, got {value}")
@@ -126,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--limit", type=int, help="score at most this many frames")
+    p.add_argument("--render-size", type=int, metavar="N",
+                   help="score the split's episodes drawn again at N px, resized to each model's input")
     p.add_argument("--ece-bins", type=int)
     p.add_argument("--no-cache", dest="cache_scores", action="store_false",
                    help="do not read or write cached similarity matrices")
@@ -137,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    """Evaluate each of cfg.models on cfg.split; returns (and writes to cfg.out) the results dict."""
+def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | None = None) -> dict:
+    """Evaluate each of cfg.models on cfg.split; returns (and writes to cfg.out) the results dict.
+
+    rendered: with cfg.render_size, the dataset holding the split drawn at that size (vlmr.rl.collect.rerender).
+    """
     from vlmr.finetune.reward_model import RewardModel
 
     from vlmr.core.dataset import MANIFEST_FILE, read_manifest
@@ -149,6 +161,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         check_writable(Path(cfg.out).parent if cfg.out else Path("."), "evaluate output folder")
     device = resolve_device(cfg.device)
     manifest = read_manifest(cfg.data)
+    if cfg.render_size is not None and rendered is None:
+        raise VlmrError("render_size needs the split drawn again by its environment: call vlmr.run_evaluate "
+                        "(vlmr.rl.collect.rerender.evaluate) or `vlmr evaluate --render-size N`")
+    frames_dir = Path(rendered) if cfg.render_size is not None else Path(cfg.data)
     results = []
     for spec in cfg.models:
         cal = spec.calibration
@@ -158,7 +174,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 raise VlmrError(f"--calibration auto: {cal} does not exist; run `vlmr calibrate` for {spec.dir}")
         rm = RewardModel.load(spec.dir, calibration=cal, device=device)
         cache_dir = Path(spec.dir) / "calibration" if cfg.cache_scores else None
-        scores = score_split(rm, cfg.data, cfg.split, cfg.batch_size, cache_dir, cfg.limit, progress,
+        scores = score_split(rm, frames_dir, cfg.split, cfg.batch_size, cache_dir, cfg.limit, progress,
                              f"reward model {spec.dir}", cfg.strict)
         if int(scores.labels.sum()) == 0:
             raise VlmrError(f"split {cfg.split!r} of {cfg.data} has no positive label for any goal; precision, recall "
@@ -173,10 +189,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 "data": {"dir": str(cfg.data), "name": manifest.get("name"),
                          "manifest_sha256": sha256_file(Path(cfg.data) / MANIFEST_FILE), "limit": cfg.limit,
                          "frames": results[0]["metrics"]["frames"], "skipped": max(r["skipped"] for r in results)},
-                "models": results}
+                "render_size": cfg.render_size, "models": results}
     skipped = out_dict["data"]["skipped"]
+    drawn = ""
+    if cfg.render_size is not None:
+        out_dict["data"]["rendered"] = {"dir": str(frames_dir),
+                                        "manifest_sha256": sha256_file(frames_dir / MANIFEST_FILE)}
+        drawn = f"; its episodes drawn again at {cfg.render_size} px ({frames_dir}), resized to each model's input"
     print(f"vlmr evaluate: {cfg.split} split of {cfg.data} ({results[0]['metrics']['frames']} frames"
-          f"{f'; {skipped} damaged samples skipped, see the warnings' if skipped else ''})")
+          f"{f'; {skipped} damaged samples skipped, see the warnings' if skipped else ''}{drawn})")
     print(comparison_table(results))
     for note in results[0]["metrics"]["notes"]:
         print(f"note: {note}")
@@ -207,9 +228,10 @@ def _log(cfg: EvaluateConfig, results: dict, seconds: float) -> None:
     log_results(cfg.logger, out_dir, scalars, info, cfg.wandb_project, "evaluate", (cols, rows), job_type="evaluate")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run=None) -> int:
+    """The CLI; run(cfg, progress) does the work (default: evaluate; `vlmr evaluate` passes rerender's)."""
     with cli_warnings():
         args = vars(build_parser().parse_args(argv))
         quiet = args.pop("quiet")
-        evaluate(build_config(EvaluateConfig, args, "vlmr evaluate's arguments"), progress=not quiet)
+        (run or evaluate)(build_config(EvaluateConfig, args, "vlmr evaluate's arguments"), progress=not quiet)
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from vlmr.finetune.augment import AugmentSection, FrameAugment
 from vlmr.finetune.lora import TEXT_PREFIXES, LoraSection, apply_lora, freeze_text_tower
 from vlmr.finetune.losses import (
     MIN_TEMPERATURE,
@@ -75,10 +76,11 @@ class OptimSection:
 
 class ClipFinetuneModule(pl.LightningModule):
     def __init__(self, goals: list[str], model: dict, lora: dict | None, loss: dict, optim: dict,
-                 max_steps: int, sample_frames: int = 16):
+                 max_steps: int, sample_frames: int = 16, augment: dict | None = None):
         """goals: the dataset's goal set; model, lora (None = full training), loss, optim: the config sections
         as dicts, saved as hyperparameters so a checkpoint knows its settings; max_steps: the schedule's length;
-        sample_frames: val frames in the W&B sample table (0 = none)."""
+        sample_frames: val frames in the W&B sample table (0 = none); augment: the training frames' augmentations
+        (None = off)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = build_config(ModelSection, dict(model), "model section")
@@ -97,6 +99,8 @@ class ClipFinetuneModule(pl.LightningModule):
         self.pretrained_path = Path(pretrained) if self.base_sha256 else None
         self.pre = image_preprocess_cfg(clip)
         self.patch = patch_size(clip)
+        self.augment = (FrameAugment(build_config(AugmentSection, dict(augment), "augment section"), self.pre["size"],
+                                     self.pre["interpolation"]) if augment is not None else None)
         init_tau = mc.init_temperature or 1.0 / float(clip.logit_scale.detach().exp())
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)  # open_clip's non-reentrant checkpoint: LoRA grads still flow
@@ -194,6 +198,8 @@ class ClipFinetuneModule(pl.LightningModule):
         self.start_step = self.global_step
 
     def training_step(self, batch, batch_idx):
+        if self.augment is not None:  # training frames only: validation must measure the frames as they are
+            batch = {**batch, "frames": self.augment(batch["frames"])}
         total, *_ = self.shared_step(batch, "train")
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True)
         if not finite:

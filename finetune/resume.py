@@ -41,7 +41,7 @@ POLICY = {
     "model": REFUSE,
     "model.goals": FREE, "model.pretrained": FREE,  # compared by on_load_checkpoint: goal set, base sha256
     "model.grad_checkpointing": FREE,  # recomputes activations: same numbers, less memory
-    "lora": REFUSE, "loss": REFUSE,
+    "lora": REFUSE, "loss": REFUSE, "augment": REFUSE,  # what the steps taken were trained on
     "optim": APPLY,
     "trainer": FREE,  # how long, how often to validate/checkpoint/log, which hardware
     "trainer.max_steps": APPLY, "trainer.grad_clip": APPLY, "trainer.precision": APPLY,

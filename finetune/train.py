@@ -32,6 +32,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from vlmr.finetune.augment import AugmentSection
 from vlmr.finetune.export import to_reward_model
 from vlmr.finetune.lit_module import (
     ClipFinetuneModule,
@@ -110,6 +111,7 @@ class FinetuneConfig:
     loss: LossSection = dataclasses.field(default_factory=LossSection)  # loss weights
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)  # optimizer and schedule
     trainer: TrainerSection = dataclasses.field(default_factory=TrainerSection)  # steps, hardware, checkpoints
+    augment: AugmentSection | None = None  # label-preserving training-frame augmentations (finetune/augment.py); null = off
     logger: Literal["wandb", "csv", "none"] = "wandb"  # W&B (offline unless WANDB_MODE is set), CSV, or none
     wandb_project: str = "vlmr"  # W&B project
     resume: bool = True  # continue from checkpoints/last.ckpt when it exists; false = start over
@@ -264,7 +266,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     module = ClipFinetuneModule(dm.goals, model=dataclasses.asdict(model_cfg),
                                 lora=dataclasses.asdict(cfg.lora) if cfg.lora is not None else None,
                                 loss=dataclasses.asdict(cfg.loss), optim=dataclasses.asdict(cfg.optim),
-                                max_steps=tc.max_steps)
+                                max_steps=tc.max_steps,
+                                augment=dataclasses.asdict(cfg.augment) if cfg.augment is not None else None)
     info = run_info(config_to_dict(cfg), cfg.seed)
     logger = lightning_logger(cfg.logger, run_dir, info, cfg.wandb_project, cfg.name, cfg.resume,
                               rank=pl.utilities.rank_zero_only.rank)

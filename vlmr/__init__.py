@@ -33,7 +33,7 @@ _EXPORTS = {
     "CalibrateConfig": "vlmr.calibrate.fit:CalibrateConfig",
     "run_calibrate": "vlmr.calibrate.fit:calibrate",
     "EvaluateConfig": "vlmr.calibrate.evaluate:EvaluateConfig",
-    "run_evaluate": "vlmr.calibrate.evaluate:evaluate",
+    "run_evaluate": "vlmr.rl.collect.rerender:evaluate",  # also draws frames for render_size
     "PPOConfig": "vlmr.rl.agent.ppo:PPOConfig",
     "train_ppo": "vlmr.rl.agent.ppo:train",
     "CompareConfig": "vlmr.rl.experiments.compare:CompareConfig",

@@ -33,7 +33,7 @@ COMMANDS = {  # command -> module:function(argv)
     "collect": "vlmr.rl.collect.collect:main",
     "finetune": "vlmr.finetune.train:main",
     "calibrate": "vlmr.calibrate.fit:main",
-    "evaluate": "vlmr.calibrate.evaluate:main",
+    "evaluate": "vlmr.rl.collect.rerender:main",  # --render-size draws frames with the envs
     "rl": "vlmr.rl.agent.ppo:main",
     "compare": "vlmr.rl.experiments.compare:main",
     "pipeline": "vlmr.rl.experiments.pipeline:main",
