@@ -255,11 +255,13 @@ def coverage_cfg(out, **kw) -> CollectConfig:
     return CollectConfig(**{**base, **kw})
 
 
-def test_top_ups_give_every_goal_its_positives_in_every_split_and_resume_exactly(tmp_path):
+def test_top_ups_give_every_goal_its_positives_in_every_split_and_resume_exactly(tmp_path, capsys):
     from vlmr.rl.envs.babyai import goal_set
 
-    out = collect(coverage_cfg(tmp_path / "d"), progress=False)
+    out = collect(coverage_cfg(tmp_path / "d"), progress=True)
     m = read_manifest(out)
+    new = sum(e["samples"] for e in m["splits"].values())
+    assert f"; {new} new in " in capsys.readouterr().out and new > 180  # the report counts the top-ups too
     assert m["goals"] == goal_set("BabyAI-GoToObj-v0") and m["dropped_goals"] == {}
     for split, entry in m["splits"].items():
         assert len(entry["shards"]) > 2  # the 2 planned shards could not cover 18 goals: top-ups did

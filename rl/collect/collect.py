@@ -367,7 +367,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
                               extra={"fingerprint": fp, "dropped_goals": dropped,
                                      "holdout_goals": [g for g in holdout if g in goals]})
     if progress:
-        print(report(read_json(manifest), sum(n for *_, n in todo), seconds, workers))
+        print(report(read_json(manifest), bar.n, seconds, workers))  # bar.n: the frames written by this run
     return out
 
 
