@@ -77,3 +77,16 @@ def test_render_size_errors(babyai_copy, tmp_path):
         build_config(EvaluateConfig, {"models": [{"dir": str(tmp_path)}], "data": str(babyai_copy), "render_size": 0})
     with pytest.raises(VlmrError, match="no 'val' split"):
         rerender_split(rerender_split(babyai_copy, "test", 80), "val", 96)
+
+
+def test_a_split_with_top_up_shards_is_drawn_again_with_the_same_episodes(tmp_path):
+    from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect
+    from vlmr.rl.collect.rerender import rerender_split
+
+    cfg = CollectConfig(name="cov", source="babyai", env_id="BabyAI-GoToObj-v0", out_dir=str(tmp_path / "d"),
+                        frames=SplitFrames(train=60, val=60, test=60), shard_size=30, min_positives_per_split=4,
+                        max_topup_ratio=10.0)
+    out = collect(cfg, progress=False)
+    assert len(read_manifest(out)["splits"]["test"]["shards"]) > 2  # top-ups happened
+    rendered = rerender_split(out, "test", 96)  # raises if the episodes differ
+    assert read_manifest(rendered)["splits"]["test"]["samples"] == read_manifest(out)["splits"]["test"]["samples"]

@@ -81,6 +81,8 @@ class CollectConfig:
     min_positives_per_split: int = 0  # every goal gets at least this many positive frames in each split: top-up
     # shards aim episodes at short goals (rl/collect/coverage.py); a goal that cannot is dropped from the set
     max_topup_ratio: float = 1.0  # top-up frames per split at most this multiple of the split's planned frames
+    coverage_splits: list[str] | None = None  # splits that get top-ups; null = every split with frames (a
+    # re-render of one split replays just its top-ups)
     holdout_goals: str | list[str] | None = None  # goals kept out of train: a list of sentences or the rule
     # one_in_three_pairs; their episodes and any caption naming their colour-object pair (rl/collect/holdout.py)
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
@@ -111,7 +113,7 @@ def fingerprint(cfg: CollectConfig) -> str:
     """
     unset = ("holdout_goals",) if not cfg.holdout_goals else ()  # datasets from before the key keep their identity
     return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
-                                         "max_topup_ratio", *unset))
+                                         "max_topup_ratio", "coverage_splits", *unset))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -336,7 +338,8 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
             done[(rec["split"], rec["index"])] = rec
         if stop_after is not None and len(done) < len(tasks):
             return out
-        planned = {s: sum(1 for t in tasks if t[0] == s) for s in SPLITS}
+        planned = {s: sum(1 for t in tasks if t[0] == s) for s in SPLITS
+                   if cfg.coverage_splits is None or s in cfg.coverage_splits}
         while topups := topup_tasks(cfg, done, planned, source.goals, holdout):  # rounds until covered or out of budget
             todo = []
             for split, index, nframes, focus in topups:

@@ -64,9 +64,12 @@ def rerender_split(data_dir: str | Path, split: str, size: int, progress: bool =
     if samples == 0:
         raise VlmrError(f"dataset {data_dir} has no {split!r} split to re-render")
     out = render_dir(data_dir, size)
-    # only `split` is drawn; train needs one frame for the config to be valid (the split seeds are independent)
-    frames = {s: (samples if s == split else 0) for s in SPLITS} | ({} if split == "train" else {"train": 1})
-    config.update(name=f"{config.get('name')}-render-{int(size)}", image_size=int(size), out_dir=str(out), frames=frames, overwrite=True, strict=strict)
+    # only `split` is drawn, as planned and with its own top-up shards (the same episodes); train needs one
+    # frame for the config to be valid (the split seeds are independent)
+    planned = int((config.get("frames") or {}).get(split, samples))
+    frames = {s: (planned if s == split else 0) for s in SPLITS} | ({} if split == "train" else {"train": 1})
+    config.update(coverage_splits=[split], name=f"{config.get('name')}-render-{int(size)}", image_size=int(size),
+                  out_dir=str(out), frames=frames, overwrite=True, strict=strict)
     cfg = build_config(CollectConfig, config, f"{data_dir}/manifest.json's collection config")
     collect(cfg, resume=True, workers=workers, progress=progress)
     original, rendered = _split_meta(data_dir, split), _split_meta(out, split)
