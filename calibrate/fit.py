@@ -35,7 +35,7 @@ from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stag
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, atomic_write_text, check_writable
 from vlmr.core.metrics import METRICS, pooled_count_metrics
-from vlmr.core.quality import quality_issue
+from vlmr.core.quality import QualityWarning, quality_issue
 from vlmr.core.reporting import fmt
 
 VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
@@ -215,7 +215,9 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
 
     body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test)
     write_calibration(out, rm.model_id, body.pop("goals"), **body)
-    rm.load_calibration(out)  # the file just written must load for this model: fail here, not in RL
+    with warnings.catch_warnings():  # the fit has just warned about its unguaranteed goals; say it once
+        warnings.simplefilter("ignore", QualityWarning)
+        rm.load_calibration(out)  # the file just written must load for this model: fail here, not in RL
     cal = {"model_id": rm.model_id, "goals": {g: rm.calibration["goals"][g] for g in rm.goals}, **body}
 
     for stale in (*art.glob("pr_curves-*.png"), *art.glob("histograms-*.png"), *art.glob("reliability.png")):
