@@ -155,8 +155,7 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test) -> dict:
             "test": _view(views["all"]),
             "test_own": _view(views["own"]),
         }
-    shared = {k: (round(v, 6) if isinstance(v, float) and k not in ("temperature", "threshold") else v)
-              for k, v in fit.shared.items()}
+    shared = {k: v if k in ("temperature", "threshold") else _round(v) for k, v in fit.shared.items()}
     return {
         "goals": goals,
         "guarantee": guarantee_summary(goals),

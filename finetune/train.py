@@ -43,6 +43,7 @@ from vlmr.finetune.lit_module import (
 )
 from vlmr.finetune.lora import LoraSection
 from vlmr.finetune.resume import check_resume, run_record
+from vlmr.finetune.validation import SUMMARY_KEYS
 
 from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
 from vlmr.core.errors import VlmrError
@@ -255,6 +256,13 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         raise VlmrError(f"run {cfg.name}: trainer.early_stopping picks a checkpoint, so it needs a split of its own: "
                         "set data.select_fraction (e.g. 0.1) to carve a select split from train; it must not be "
                         "val, the split calibration fits on")
+    if tc.early_stopping is not None:  # a typo fails here, not after the first validation
+        losses = [f"val/loss_{k}" for k in ("contrastive", "goal", "sigmoid") if getattr(cfg.loss, k) > 0]
+        known = ["val/loss", *losses, *(f"val/{k}" for k in SUMMARY_KEYS)]
+        per_goal = {f"val/{kind}/{g}" for kind in ("auroc", "ap") for g in dm.goals}
+        if tc.early_stopping.monitor not in {*known, *per_goal}:
+            raise VlmrError(f"run {cfg.name}: trainer.early_stopping.monitor={tc.early_stopping.monitor!r} was not "
+                            f"logged by validation: it is none of its metrics; use one of {', '.join(known)} (or val/auroc/<goal>, val/ap/<goal>)")
     for split in ("train",) if dm.val_split == "select" else ("train", "val"):  # select is read from train
         dm.verify(split)  # a missing split or shard fails here, not mid-training; damaged shards are counted
     if last.is_file() and not cfg.resume:
