@@ -106,6 +106,17 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
             for d in (tmp_path / "data").iterdir()}
     assert sorted(m["image_size"] for m in data.values()) == [48, 64]
     assert row["frame_size"] == 48 and "| vlmr-tiny | " in report.read_text() and "| 48 | 64 |" in report.read_text()
+    # budgets and guarantees travel in the row; a size whose chain folder is gone keeps its row on --plot-only
+    assert row["training"]["adapted"]["steps"] == 2 and row["chain_seconds"] > 0
+    guarantee = row["arms"]["adapted"]["guarantee"]
+    assert 0 <= guarantee["guaranteed"] <= guarantee["fitted"] == len(adapted["metrics"]["per_goal"])
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs/study_vlmr-tiny")
+    again = scaling(load_config(ScalingConfig, str(path)), plot_only=True).read_text()
+    (kept,) = json.loads((tmp_path / "runs/study/results.json").read_text())["rows"]
+    assert kept["kept_from_previous_results"] and kept["arms"] == row["arms"]
+    assert "come from an earlier results.json" in again
 
 
 def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):
