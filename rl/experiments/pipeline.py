@@ -107,7 +107,7 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     models = train_models(cfg, runner, data, manifest_sha, base_weights)
     cal_reports = calibrate_models(cfg, runner, models, data["domain"], manifest_sha["domain"])
     eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict)
-    compare_report = run_compare(cfg, runner, run_dir, models) if cfg.compare is not None else None
+    compare_report = run_compare(cfg, runner, run_dir, models, data["domain"]) if cfg.compare is not None else None
 
     report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,
                                 time.perf_counter() - t_start)

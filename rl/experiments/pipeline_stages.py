@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, stage_config
 
+from vlmr.core.errors import VlmrError
 from vlmr.core.files import read_json, sha256_file
 from vlmr.core.reporting import fmt
 
@@ -200,7 +201,8 @@ def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path],
 
 
 # ------------------------------------------------------------------------------------------------ agents
-def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path]) -> Path:
+def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path],
+                domain: Path) -> Path:
     """PPO agents on each reward model (and the env's own reward), judged on ground-truth success."""
     from vlmr.rl.experiments.compare import CompareConfig, compare
 
@@ -212,6 +214,12 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")
     if not ccfg.contrasts:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
+    if ccfg.goals == "holdout":  # agents on the goals fine-tuning never saw: does adaptation help there too?
+        held = read_json(domain / "manifest.json", "dataset manifest").get("holdout_goals") or []
+        if not held:
+            raise VlmrError(f"compare goals=holdout: the domain data {domain} holds no goal out; set the domain's "
+                            "holdout_goals (a list or one_in_three_pairs) or drop compare.set.goals")
+        ccfg = dataclasses.replace(ccfg, goals=held)
 
     def body():
         res = compare(ccfg)
