@@ -342,7 +342,9 @@ class BabyAISource:
         self.env_ids = [env_id, *env_mix]
         self.envs = {e: make_env(e, image_size, view=view) for e in self.env_ids}
         self.view, self.image_size = view, image_size
-        self.goals = list(goals) if goals else goal_set(env_id)
+        # a family name ("goto", "pickup") stands for its goals: one data config can span families
+        self.goals = [x for g in goals for x in (family_goals(g) if g in FAMILIES else [g])] if goals \
+            else goal_set(env_id)
         for g in self.goals:
             parse_goal(g)
         self.goal_index = set(self.goals)

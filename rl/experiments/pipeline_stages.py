@@ -215,11 +215,15 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     if not ccfg.contrasts:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
     if ccfg.goals == "holdout":  # agents on the goals fine-tuning never saw: does adaptation help there too?
+        from vlmr.rl.agent.vector_envs import env_goal_set
+
         held = read_json(domain / "manifest.json", "dataset manifest").get("holdout_goals") or []
-        if not held:
-            raise VlmrError(f"compare goals=holdout: the domain data {domain} holds no goal out; set the domain's "
-                            "holdout_goals (a list or one_in_three_pairs) or drop compare.set.goals")
-        ccfg = dataclasses.replace(ccfg, goals=held)
+        missions = env_goal_set(ccfg.rl.env_id) or []
+        if not [g for g in held if g in missions]:  # the data may span families the agents' env does not have
+            raise VlmrError(f"compare goals=holdout: the domain data {domain} holds out no mission of "
+                            f"{ccfg.rl.env_id} ({len(held)} held-out goals); set the domain's holdout_goals "
+                            "(a list or one_in_three_pairs) or drop compare.set.goals")
+        ccfg = dataclasses.replace(ccfg, goals=[g for g in held if g in missions])
 
     def body():
         res = compare(ccfg)
