@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlmr.calibrate.fit import cli_warnings, resolve_device
-from vlmr.calibrate.metrics import evaluate_scores
+from vlmr.calibrate.metrics import evaluate_scores, goal_groups, group_macros
 from vlmr.calibrate.report import comparison_table
 from vlmr.calibrate.scores import score_split
 
@@ -181,6 +181,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | 
                             "and AUROC are undefined there. Evaluate on a split where goals are reached.")
         metrics = evaluate_scores(scores.sims, scores.labels, scores.own_goal, rm.temperatures.cpu(),
                                   rm.thresholds.cpu(), rm.goals, cfg.ece_bins)
+        metrics["groups"] = group_macros(metrics["per_goal"], goal_groups(rm.goals, manifest.get("holdout_goals")))
         results.append({"name": spec.column, "dir": str(spec.dir), "model_id": rm.model_id, "arch": rm.spec.arch,
                         "calibration": cal, "skipped": int(scores.meta.get("skipped", 0)),
                         "temperatures": rm.temperatures.cpu().tolist(),

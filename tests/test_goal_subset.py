@@ -52,3 +52,22 @@ def test_compare_goals_reach_every_run_and_holdout_needs_a_pipeline():
         run_config(CompareConfig(goals="holdout", rl=rl), arm, 0)
     with pytest.raises(ValueError, match="goals='seen'"):
         CompareConfig(goals="seen")
+
+
+def test_goal_groups_split_seen_held_out_and_families_and_report_their_macros():
+    from vlmr.calibrate.metrics import goal_groups, group_macros
+    from vlmr.rl.experiments.pipeline_report import group_lines
+
+    goals = ["go to the red ball", "go to the blue key", "pick up the red ball", "pick up the blue key"]
+    groups = goal_groups(goals, ["go to the red ball", "pick up the red ball"])
+    assert groups == {"seen": ["go to the blue key", "pick up the blue key"],
+                      "held out": ["go to the red ball", "pick up the red ball"],
+                      "goto seen": ["go to the blue key"], "goto held out": ["go to the red ball"],
+                      "pickup seen": ["pick up the blue key"], "pickup held out": ["pick up the red ball"]}
+    assert goal_groups(goals[:2], None) == {}  # one family, nothing held out: no groups
+    own = {"auroc": 0.9, "precision": 1.0, "recall": 0.5}
+    per_goal = {g: {"own": dict(own, auroc=0.9 if "blue" in g else 0.7), "all": own} for g in goals}
+    macros = group_macros(per_goal, groups)
+    assert macros["held out"]["own_goal"]["auroc"] == 0.7 and macros["seen"]["own_goal"]["auroc"] == 0.9
+    table = "\n".join(group_lines([{"name": "adapted", "metrics": {"groups": macros}}]))
+    assert "| held out | 2 | 0.700 / 1.000 / 0.500 |" in table

@@ -58,6 +58,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     assert adapted["test_quality"]["view"] == "own-goal" and adapted["test_quality"]["auroc"] is not None
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
+    assert "| reward model | guaranteed goals |" in text and "| adapted | " in text  # guarantees on test
 
     capsys.readouterr()
     pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))
