@@ -90,7 +90,7 @@ def goal_vocabulary(cfg: PPOConfig, reward_model):
         raise VlmrError("goal_encoding=text takes goal embeddings from a reward model, and the ground-truth reward "
                         "has none: set goal_model=DIR (a reward-model dir used only for its text embeddings) or "
                         "goal_encoding=onehot")
-    table = model.text_embeddings()[: len(model.goals)].detach().cpu().clone()
+    table = model.goal_embeddings().detach().cpu().clone()
     return list(model.goals), table, f"text:{model.model_id[:12]}"
 
 
