@@ -67,6 +67,12 @@ def try_parse_goal(sentence: str | None) -> Goal | None:
         return None
 
 
+def goal_slots(sentence: str) -> dict[str, str] | None:
+    """{"color", "type"} of a goal with a colour, else None: the slots of goal templates and paraphrases."""
+    goal = try_parse_goal(sentence)
+    return {"color": goal.color, "type": goal.type} if goal is not None and goal.color else None
+
+
 def goal_sentence(family: str, color: str, type_: str = "door") -> str:
     if family not in FAMILIES:
         raise VlmrError(f"unknown goal family {family!r}; families are {', '.join(FAMILIES)}")
