@@ -152,7 +152,8 @@ class RewardModel(nn.Module):
         return model
 
     def save(self, path: str | Path, full_weights: bool = False) -> Path:
-        """Write the reward-model directory atomically. full_weights=True stores the whole CLIP in the dir."""
+        """Write the reward-model directory atomically. full_weights=True stores the whole CLIP in the dir.
+        Goals added with add_goals are not written: they are not part of the goal set the model was made for."""
         from peft import PeftModel
         from safetensors.torch import save_file
 
