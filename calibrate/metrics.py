@@ -33,14 +33,17 @@ def _macro(entries: list[dict | None]) -> dict:
     return macro_average(entries, METRICS + (BEFORE_KEYS if before else ()))
 
 
-def evaluate_scores(sims, labels, own_goal, temperatures, thresholds, goals: list[str], n_bins: int = 15) -> dict:
-    """Every view of the reward quality for one (temperatures, thresholds) setting. sims (N, C), labels (N, G)."""
+def evaluate_scores(sims, labels, own_goal, temperatures, thresholds, goals: list[str], n_bins: int = 15,
+                    num_saved: int | None = None) -> dict:
+    """Every view of the reward quality for one (temperatures, thresholds) setting. sims (N, C), labels (N, G).
+
+    num_saved: the last goals were added at load (their columns follow the num_saved saved candidates)."""
     sims = torch.as_tensor(sims).float()
     labels = torch.as_tensor(labels).long()
     own_goal = torch.as_tensor(own_goal).long()
     temps = torch.as_tensor(temperatures, dtype=torch.float32)
     thr = torch.as_tensor(thresholds, dtype=torch.float32)
-    probs = goal_probs(sims, temps)  # (N, G)
+    probs = goal_probs(sims, temps, num_saved)  # (N, G)
     preds = probs >= thr  # the binary reward of every pair
     per_goal = {}
     for g, goal in enumerate(goals):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from vlmr.finetune.augment import AugmentSection, FrameAugment
+from vlmr.finetune.goal_rules import GoalTemplate
 from vlmr.finetune.lora import TEXT_PREFIXES, LoraSection, apply_lora, freeze_text_tower
 from vlmr.finetune.losses import (
     MIN_TEMPERATURE,
@@ -46,6 +47,8 @@ class ModelSection:
     goals: list[str] | None = None  # the model's goal set; null = the dataset's; must equal the dataset's
     templates: list[str] = dataclasses.field(default_factory=lambda: ["{goal}"])  # prompt templates, ensembled
     goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts
+    # the rule that made goal_prompts (reward_model.json goal_templates): prompts for goals added at load
+    goal_templates: dict[str, GoalTemplate] = dataclasses.field(default_factory=dict)
     negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidates that are never goals
     init_temperature: float | None = None  # tau of P(g|o) at the start; null = 1 / exp(the base's logit_scale)
     freeze_text: bool = False  # keep the text tower fixed (overrides lora.text_*)
@@ -95,7 +98,8 @@ class ClipFinetuneModule(pl.LightningModule):
             self.base_sha256 = sha256_file(pretrained)
         clip, self.tokenizer = create_clip(mc.arch, pretrained)
         self.spec = make_spec(arch=mc.arch, goals=list(goals), pretrained=pretrained, pretrained_sha256=self.base_sha256,
-                              templates=mc.templates, goal_prompts=mc.goal_prompts, negatives=mc.negatives)
+                              templates=mc.templates, goal_prompts=mc.goal_prompts, goal_templates=mc.goal_templates,
+                              negatives=mc.negatives)
         self.pretrained_path = Path(pretrained) if self.base_sha256 else None
         self.pre = image_preprocess_cfg(clip)
         self.patch = patch_size(clip)

@@ -30,7 +30,7 @@ from vlmr.core.files import canonical_json, sha256_text
 
 REFUSE, APPLY, FREE = "refuse", "apply", "free"
 
-# exact dotted key first, then its section; a key in neither is refused (tests require every key listed)
+# the longest listed prefix of a dotted key decides; a key under none is refused (tests require every key listed)
 POLICY = {
     "name": FREE, "output_dir": FREE, "resume": FREE, "logger": FREE, "wandb_project": FREE, "save_merged": FREE,
     "strict": FREE,  # strict never changes a number (docs/DESIGN.md, "Strict mode")
@@ -41,6 +41,7 @@ POLICY = {
     "model": REFUSE,
     "model.goals": FREE, "model.pretrained": FREE,  # compared by on_load_checkpoint: goal set, base sha256
     "model.grad_checkpointing": FREE,  # recomputes activations: same numbers, less memory
+    "model.goal_templates": FREE,  # prompts only goals outside the goal set; the spec checks it against goal_prompts
     "lora": REFUSE, "loss": REFUSE, "augment": REFUSE,  # what the steps taken were trained on
     "optim": APPLY,
     "trainer": FREE,  # how long, how often to validate/checkpoint/log, which hardware
@@ -50,7 +51,9 @@ POLICY = {
 
 
 def policy(key: str) -> str:
-    return POLICY.get(key) or POLICY.get(key.split(".")[0], REFUSE)
+    """The policy of the longest listed prefix of a dotted key (model.goal_templates.goto.prompts: free)."""
+    parts = key.split(".")
+    return next((POLICY[p] for n in range(len(parts), 0, -1) if (p := ".".join(parts[:n])) in POLICY), REFUSE)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

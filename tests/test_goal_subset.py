@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 from vlmr.rl.agent.vector_envs import env_goal_set, make_vector_env, missions
 from vlmr.rl.envs.babyai import make_env
@@ -71,3 +72,50 @@ def test_goal_groups_split_seen_held_out_and_families_and_report_their_macros():
     assert macros["held out"]["own_goal"]["auroc"] == 0.7 and macros["seen"]["own_goal"]["auroc"] == 0.9
     table = "\n".join(group_lines([{"name": "adapted", "metrics": {"groups": macros}}]))
     assert "| held out | 2 | 0.700 / 1.000 / 0.500 |" in table
+
+
+def test_evaluate_scores_held_out_goals_as_new_goals_and_groups_them(tmp_path):
+    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, evaluate
+    from vlmr.finetune.reward_model import RewardModel
+    from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect
+
+    from vlmr.core.dataset import load_split_arrays, seen_goals
+    from vlmr.core.metrics import ranking_metrics
+
+    held = ["go to the red ball", "go to the blue key"]
+    data = collect(CollectConfig(name="h", source="babyai", env_id="BabyAI-GoToLocal-v0", out_dir=str(tmp_path / "d"),
+                                 frames=SplitFrames(train=100, val=100, test=300), shard_size=100,
+                                 holdout_goals=held, min_positives_per_split=2, max_topup_ratio=4.0), progress=False)
+    import json
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    seen = seen_goals(manifest)  # goals short of positives may be dropped from the set
+    assert set(held) <= set(manifest["goals"]) and set(seen) == set(manifest["goals"]) - set(held)
+    model = RewardModel.create("vlmr-tiny", seen, negatives=["a grey wall"]).save(tmp_path / "rm")
+    res = evaluate(EvaluateConfig(models=[EvaluatedModel(dir=str(model), name="m")], data=str(data)), progress=False)
+    (m,) = res["models"]
+    assert m["new_goals"] == held and set(m["metrics"]["per_goal"]) == set(seen) | set(held)
+    assert m["metrics"]["groups"]["held out"]["goals"] == 2 and m["metrics"]["groups"]["seen"]["goals"] == len(seen)
+    # the held-out goals' figures are those of the model with the goals added at load, frame by frame
+    rm = RewardModel.load(model, goals=seen + held)
+    arrays = load_split_arrays(data, "test", goals=seen + held)
+    probs = rm.all_probs(arrays.frames)
+    for g in held:
+        k = (seen + held).index(g)
+        expected = ranking_metrics(probs[:, k], torch.as_tensor(arrays.labels[:, k]))["auroc"]
+        assert expected is not None
+        assert m["metrics"]["per_goal"][g]["all"]["auroc"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_agents_train_on_held_out_goals_their_reward_model_scores_as_new_goals(tmp_path):
+    from vlmr.finetune.reward_model import RewardModel
+    from vlmr.rl.agent.ppo import PPOConfig, train
+    from vlmr.rl.envs.babyai import goal_set
+
+    seen = [g for g in goal_set("BabyAI-GoToObj-v0") if g not in SUBSET]
+    model = RewardModel.create("vlmr-tiny", seen).save(tmp_path / "rm")
+    result = train(PPOConfig(env_id="BabyAI-GoToObj-v0", env_kwargs={"goals": SUBSET}, reward_model=str(model),
+                             total_timesteps=256, num_envs=4, num_steps=64, eval_episodes=4, final_eval_episodes=4,
+                             actions=["left", "right", "forward"], progress=False, logger="none",
+                             out_dir=str(tmp_path / "run")))
+    assert result["env_steps"] == 256 and result["goal_source"].startswith("text:")

@@ -59,6 +59,8 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
     assert "| reward model | guaranteed goals |" in text and "| adapted | " in text  # guarantees on test
+    # the rule that made them is stored too, so a goal added at load is prompted alike
+    assert spec["version"] == 2 and spec["goal_templates"]["goto"]["prompts"] == ["a {color} {type} right in front of you"]
 
     capsys.readouterr()
     pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))

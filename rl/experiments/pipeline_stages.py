@@ -113,7 +113,7 @@ def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: S
 def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path], manifest_sha: dict[str, str],
                  base_weights: tuple[str, str] | None) -> dict[str, Path]:
     """Base pretraining (unless base_weights is given), zero-shot export, LoRA adaptation, random-init control."""
-    from vlmr.rl.envs.babyai_goals import goal_prompts
+    from vlmr.rl.envs.babyai_goals import goal_prompt_rules, goal_prompts
 
     if base_weights:
         base_ckpt, base_identity = base_weights
@@ -124,12 +124,14 @@ def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path]
         base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
         base_identity = sha256_file(base_ckpt)
     prompts = goal_prompts(read_json(data["domain"] / "manifest.json")["goals"], cfg.goal_templates)
+    rules = goal_prompt_rules(cfg.goal_templates)  # stored with each model: new goals at load are prompted alike
     domain_hashes = {"domain": manifest_sha["domain"], "base": base_identity}
 
     def on_domain(pretrained: str | None, **extra) -> dict:
         """Wiring shared by the domain models: same data, architecture and prompts; only the init differs."""
         return {"data": {"dir": str(data["domain"])}, **extra,
-                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts}}
+                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts,
+                          "goal_templates": rules}}
 
     models = {"zero_shot": train_stage(cfg, runner, "zero_shot", cfg.adapt,
                                        on_domain(base_ckpt, trainer={"max_steps": 0}), domain_hashes),
