@@ -119,3 +119,14 @@ def test_agents_train_on_held_out_goals_their_reward_model_scores_as_new_goals(t
                              actions=["left", "right", "forward"], progress=False, logger="none",
                              out_dir=str(tmp_path / "run")))
     assert result["env_steps"] == 256 and result["goal_source"].startswith("text:")
+
+
+def test_open_vocab_chain_config_loads_and_a_paraphrase_without_slots_is_refused_at_load(tmp_path):
+    from vlmr.rl.experiments.pipeline import PipelineConfig
+
+    from vlmr.core.config import load_config
+
+    cfg = load_config(PipelineConfig, "babyai_open_vocab")
+    assert cfg.domain.set["holdout_goals"] == "one_in_three_pairs" and cfg.compare.set["goals"] == "holdout"
+    with pytest.raises(VlmrError, match=r"must name \{color\} and \{type\}"):
+        load_config(PipelineConfig, "babyai_open_vocab", ["paraphrases=[stand in front of it]"])

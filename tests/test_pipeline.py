@@ -89,7 +89,8 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     path.write_text(yaml.safe_dump({"name": "study", "pipeline": write_config(tmp_path, adapt_steps=2),
                                     "runs_dir": str(tmp_path / "runs"),
                                     "models": [{"arch": "vlmr-tiny", "image_size": 64, "frame_size": 48}],
-                                    "set": {"compare": None}}))
+                                    "set": {"compare": None,
+                                            "paraphrases": ["stand right in front of the {color} {type}"]}}))
     report = scaling(load_config(ScalingConfig, str(path)))
     results = json.loads((tmp_path / "runs/study/results.json").read_text())
     (row,) = results["rows"]
@@ -110,6 +111,8 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     assert sorted(m["image_size"] for m in data.values()) == [48, 64]
     assert row["frame_size"] == 48 and "| vlmr-tiny | " in report.read_text() and "| 48 | 64 |" in report.read_text()
     # budgets and guarantees travel in the row; a size whose chain folder is gone keeps its row on --plot-only
+    assert "AUROC by mission wording" in (tmp_path / "runs/study_vlmr-tiny/report.md").read_text()
+    assert [w["wording"] for w in adapted["wordings"]] == ["original", "stand right in front of the {color} {type}"]
     assert row["training"]["adapted"]["steps"] == 2 and row["chain_seconds"] > 0
     guarantee = row["arms"]["adapted"]["guarantee"]
     assert 0 <= guarantee["guaranteed"] <= guarantee["fitted"] == len(adapted["metrics"]["per_goal"])

@@ -36,6 +36,10 @@ def write_final_report(cfg: PipelineConfig, run_dir: Path, rows: list[dict], cal
     lines += ["", "## Reward quality (test split)", ""]
     lines += ["```", comparison_table(evaluated["models"]), "```", ""]
     lines += guarantee_lines(run_dir, evaluated["models"]) + group_lines(evaluated["models"])
+    if evaluated.get("paraphrases"):
+        from vlmr.calibrate.paraphrases import wording_table
+
+        lines += [wording_table(evaluated["models"]), ""]
     lines += [f"- calibration report, {arm}: [{p.relative_to(run_dir)}]({p.relative_to(run_dir)})"
               for arm, p in cal_reports.items()]
     if compare_report is not None:

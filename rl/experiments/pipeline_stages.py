@@ -184,21 +184,25 @@ def _model_identities(models: dict[str, Path]) -> dict:
 
 
 def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path,
-                    domain_sha: str, strict: bool = False) -> Path:
+                    domain_sha: str, strict: bool = False, paraphrases: list[str] = ()) -> Path:
     """Offline A/B: every reward model on the domain's test split; returns the results.json path."""
-    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, evaluate, read_results
+    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, read_results
+    from vlmr.rl.collect.rerender import evaluate  # the paraphrases' goal slots come from the env families
 
     eval_json = run_dir / "evaluate" / "results.json"
     cfg = EvaluateConfig(models=[EvaluatedModel(dir=str(d), calibration=str(d / "calibration.json"), name=arm)
                                  for arm, d in models.items()], data=str(domain), split="test", out=str(eval_json),
-                         strict=strict)
+                         strict=strict, paraphrases=list(paraphrases))
 
     def body():
         res = evaluate(cfg, progress=False)
         heads = {m["name"]: headline(m["metrics"]["macro"]) for m in res["models"]}
         return ", ".join(f"{k} {view} AUROC {fmt(m.get('auroc'))}" for k, (view, m) in heads.items())
 
-    runner.run("evaluate", {**_model_identities(models), "domain": domain_sha, "strict": strict}, lambda: read_results(eval_json), body)
+    fingerprint = {**_model_identities(models), "domain": domain_sha, "strict": strict}
+    if paraphrases:  # chains without them keep their fingerprint
+        fingerprint["paraphrases"] = list(paraphrases)
+    runner.run("evaluate", fingerprint, lambda: read_results(eval_json), body)
     return eval_json
 
 
