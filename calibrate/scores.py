@@ -19,6 +19,9 @@ written is skipped (and counted) and the cache is not trusted. `scores.meta`
 records `skipped` (samples left out) and the problems met while scoring, which a
 cache hit repeats as warnings (errors under strict).
 
+Several datasets fitted together (calibrate's `extra_data`) are scored and cached one by one, each
+keyed on its own shards, and joined with `concat_scores`.
+
 Frames are streamed shard by shard (not loaded whole like vlmr.core.dataset.load_split_arrays),
 so a split of any size fits in memory.
 """
@@ -162,3 +165,15 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     if path is not None:
         _write_cache(path, scores)
     return scores
+
+
+def concat_scores(parts: list[Scores]) -> Scores:
+    """Scores of several datasets (same model and goals) as one: rows in order; meta sums the skips, keeps the
+    first dataset's manifest sha256 and lists every part's meta under "parts"."""
+    if len(parts) == 1:
+        return parts[0]
+    meta = {**parts[0].meta, "skipped": sum(int(p.meta.get("skipped", 0)) for p in parts),
+            "problems": [m for p in parts for m in p.meta.get("problems", [])], "parts": [p.meta for p in parts]}
+    return Scores(np.concatenate([p.sims for p in parts]), np.concatenate([p.labels for p in parts]),
+                  np.concatenate([p.own_goal for p in parts]), [k for p in parts for k in p.keys], list(parts[0].goals),
+                  meta, cached=all(p.cached for p in parts))
