@@ -98,7 +98,7 @@ def _dataset_lines(fit: dict, metrics: dict) -> list[str]:
     fits, tests = fit.get("datasets") or [], metrics.get("datasets") or []
     if len(tests) < 2:
         return []
-    lines = ["## Per dataset", "",
+    lines = ["", "## Per dataset", "",
              "The fit used every dataset's fit-split frames together; the table above is over every dataset's test "
              "frames, these rows are each dataset's own.", "",
              "| dataset | fit frames | test frames | own-goal precision | own-goal recall | own-goal AUROC | "
