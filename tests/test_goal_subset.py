@@ -63,8 +63,8 @@ def test_goal_groups_split_seen_held_out_and_families_and_report_their_macros():
     groups = goal_groups(goals, ["go to the red ball", "pick up the red ball"])
     assert groups == {"seen": ["go to the blue key", "pick up the blue key"],
                       "held out": ["go to the red ball", "pick up the red ball"],
-                      "goto seen": ["go to the blue key"], "goto held out": ["go to the red ball"],
-                      "pickup seen": ["pick up the blue key"], "pickup held out": ["pick up the red ball"]}
+                      "go to seen": ["go to the blue key"], "go to held out": ["go to the red ball"],
+                      "pick up seen": ["pick up the blue key"], "pick up held out": ["pick up the red ball"]}
     assert goal_groups(goals[:2], None) == {}  # one family, nothing held out: no groups
     own = {"auroc": 0.9, "precision": 1.0, "recall": 0.5}
     per_goal = {g: {"own": dict(own, auroc=0.9 if "blue" in g else 0.7), "all": own} for g in goals}
