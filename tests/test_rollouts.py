@@ -2,8 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_rollouts.py -q
 
-The arm's reward model is a random vlmr-tiny model whose calibration puts each goal's threshold at the 60th
-percentile of its P(g|o) on GoToObj frames, so the reward fires on some frames and not on others.
+The compare run is conftest's refine_compare: its reward fires on some GoToObj frames and not on others.
 """
 
 from __future__ import annotations
@@ -13,55 +12,21 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from gymnasium.vector import AutoresetMode
-from vlmr.finetune.reward_model import RewardModel
-from vlmr.rl.agent.vector_envs import make_vector_env, missions
 from vlmr.rl.collect.rollouts import RolloutConfig, agent_seeds, record_rollouts, seed_split
 from vlmr.rl.envs import babyai
-from vlmr.rl.envs.babyai_goals import family_goals
-from vlmr.rl.experiments.compare import CompareConfig, run_all
 
-from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import build_config
 from vlmr.core.dataset import iter_split, read_manifest
 from vlmr.core.errors import VlmrError
 from vlmr.core.quality import QualityWarning
 from vlmr.core.verify import verify_dataset
 
-ENV_ID = "BabyAI-GoToObj-v0"
-RL = dict(env_id=ENV_ID, total_timesteps=128, num_envs=4, num_steps=32, eval_episodes=4, final_eval_episodes=4,
-          actions=["left", "right", "forward"], progress=False, logger="none", image_size=64, torch_threads=1)
 SMALL = RolloutConfig(episodes_per_agent=8, episodes_per_shard=4, num_envs=4, torch_threads=1)
 
 
-def fire_sometimes(rm_dir) -> str:
-    """A calibration whose reward fires on about 40% of GoToObj frames (per goal: its 60th percentile)."""
-    rm = RewardModel.load(rm_dir)
-    envs = make_vector_env(ENV_ID, 8, AutoresetMode.NEXT_STEP, 64)
-    envs.reset(seed=list(range(10, 18)))
-    rng, frames, goals = np.random.default_rng(0), [], []
-    for _ in range(40):
-        frames += list(envs.call("render"))
-        goals += missions(envs)
-        envs.step(rng.integers(0, 3, 8))
-    rm.set_calibration(10.0, 0.5)
-    probs = rm.probs(np.stack(frames), goals).numpy()
-    entries = {g: {"temperature": 10.0, "threshold": float(np.percentile(probs[[x == g for x in goals]], 60))
-                   if g in goals else 1.0} for g in rm.goals}
-    return str(write_calibration(rm_dir / "calibration.json", rm.model_id, entries))
-
-
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory):
-    """A finished compare run: arm `adapted` (the tiny model, calibrated to fire sometimes), seeds 0 and 1."""
-    root = tmp_path_factory.mktemp("refine")
-    torch.manual_seed(0)
-    rm_dir = RewardModel.create("vlmr-tiny", family_goals("goto")).save(root / "rm")
-    cfg = CompareConfig(out_dir=str(root / "cmp"), ground_truth=False, num_seeds=2, rl=RL,
-                        reward_models={"adapted": {"reward_model": str(rm_dir), "calibration": fire_sometimes(rm_dir)}})
-    run_all(cfg)
-    return root / "cmp"
+def compare_dir(refine_compare):
+    return refine_compare["compare_dir"]
 
 
 def test_recorded_frames_replay_to_their_labels_in_disjoint_seeds(compare_dir, babyai_dataset, tmp_path, capsys):
@@ -78,7 +43,7 @@ def test_recorded_frames_replay_to_their_labels_in_disjoint_seeds(compare_dir, b
         assert r["negatives"] == min(2 * r["fired"], r["frames_scored"] - r["fired"])
         assert r["samples"] == r["fired"] + r["negatives"]
 
-    env = babyai.make_env(ENV_ID, 64)
+    env = babyai.make_env("BabyAI-GoToObj-v0", 64)
     seeds, fired = {}, 0
     for split in manifest["splits"]:
         for sample in iter_split(out, split, strict=True):
