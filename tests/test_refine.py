@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -59,3 +61,40 @@ def test_inputs_are_checked_before_any_work(tmp_path, refine_compare, babyai_dat
     with pytest.raises(VlmrError, match="goal sets differ"):  # the dataset is not the arm's model's
         refine(load_config(RefineConfig, path, [f"data={shapes_dataset}"]))
     assert not (tmp_path / "refine" / "round_1").exists()  # nothing was recorded or trained
+
+
+@pytest.mark.slow  # two rounds of rollouts, LoRA fine-tuning and calibration on vlmr-tiny (~1 min on 2 cores)
+def test_two_rounds_start_from_their_parents_and_recalibrate(tmp_path, refine_compare, babyai_dataset, capsys):
+    from safetensors.torch import load_file
+    from vlmr.finetune.reward_model import reward_model_id
+
+    from vlmr.core.calibration_file import read_calibration
+    from vlmr.core.dataset import read_manifest
+
+    cfg = load_config(RefineConfig, write_config(tmp_path, refine_compare, babyai_dataset, rounds=2))
+    refined = refine(cfg)
+    out = tmp_path / "refine"
+    assert refined == out / "round_2" / "finetune" / "reward_model"
+    assert (out / "refined").resolve() == refined.resolve()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refined"]["model_id"] == reward_model_id(refined)
+    arm_model, first = refine_compare["reward_model"], out / "round_1" / "finetune" / "reward_model"
+    for entry, parent in zip(summary["rounds"], (arm_model, first)):
+        run_dir = Path(entry["reward_model"]).parent
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["parent_adapter"]["path"] == str(parent.resolve())  # a new run, from the parent's adapter
+        assert entry["parent_id"] == reward_model_id(parent)
+        # the rollouts of a round were rewarded by its parent; the calibration is the refined model's own
+        assert read_manifest(entry["rollouts"])["parent"]["reward_model_id"] == reward_model_id(parent)
+        cal = read_calibration(Path(entry["calibration"]), model_id=reward_model_id(entry["reward_model"]))
+        fitted = {d["source"]: d["frames"] for d in cal["fit"]["datasets"]}  # the rollouts' val frames joined the fit
+        assert fitted["rollouts"] == read_manifest(entry["rollouts"])["splits"]["val"]["samples"] > 0
+    # the first round's weights are the arm's adapter moved by two small steps, not a fresh adapter
+    before, after = load_file(arm_model / "adapter_model.safetensors"), load_file(first / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    moved = sum(float((after[k] - before[k]).pow(2).sum()) for k in before if "lora_B" in k)
+    assert 0 < moved < 0.05 * sum(float(before[k].pow(2).sum()) for k in before if "lora_B" in k)
+
+    capsys.readouterr()
+    assert refine(cfg) == refined
+    assert capsys.readouterr().out.count("up to date, skipped") == 6

@@ -37,7 +37,7 @@ from vlmr.rl.collect.rollouts import RolloutConfig, arm_reward, find_agents, rec
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, stage_config
 
 from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
-from vlmr.core.dataset import MANIFEST_FILE, check_goal_sets, read_manifest
+from vlmr.core.dataset import MANIFEST_FILE, SPLITS, check_goal_sets, read_manifest
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, check_writable, read_json, sha256_file
 from vlmr.core.reporting import fmt
@@ -97,11 +97,12 @@ def arm_parent(cfg: RefineConfig) -> tuple[Path, str | None, dict]:
 
 
 def rollouts_ready(path: Path) -> dict:
-    """The rollouts' manifest, with the train (fine-tuning) and val (calibration) frames refinement needs."""
+    """The rollouts' manifest, with the frames refinement needs: train (fine-tuning), val (the calibration fit)
+    and test (calibration reports each dataset's test metrics)."""
     from vlmr.core.integrity import shard_problem
 
     manifest = read_manifest(path)
-    for split in ("train", "val"):
+    for split in SPLITS:
         if not manifest["splits"].get(split, {}).get("samples"):
             raise VlmrError(f"rollouts {path} have no {split} frames ({manifest['rollouts']['fired']} fired frames in "
                             f"all); play more episodes (rollouts.episodes_per_agent) or raise rollouts.splits.{split}")
