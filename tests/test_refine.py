@@ -19,7 +19,7 @@ from vlmr.core.errors import VlmrError
 
 def write_config(tmp_path, refine_compare, data, **extra) -> str:
     cfg = {"compare_dir": str(refine_compare["compare_dir"]), "data": str(data), "out_dir": str(tmp_path / "refine"),
-           "rollouts": {"episodes_per_agent": 8, "episodes_per_shard": 4, "num_envs": 4, "torch_threads": 1},
+           "rollouts": {"episodes_per_agent": 12, "episodes_per_shard": 4, "num_envs": 4, "torch_threads": 1},
            "finetune": {"config": "configs/finetune/babyai_lora.yaml",
                         "set": {"trainer": {"max_steps": 2, "progress_bar": False, "limit_val_batches": 1},
                                 "data": {"batch_size": 16, "shuffle_buffer": 32}, "optim": {"warmup_steps": 0},
