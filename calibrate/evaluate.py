@@ -22,18 +22,32 @@ policy, collected once into <data>/render-<N>/) and resized to each model's inpu
 what frames drawn at another size cost; vlmr.rl.collect.rerender does the drawing, so from
 Python use `vlmr.run_evaluate` for it. The results record the render size.
 
+`--paraphrase "stand right in front of the {color} {type}"` (repeatable; config key `paraphrases`) rewords
+every goal that parses into a colour and a type and scores the frames with the reworded sentences as the
+goal captions; each model's results gain AUROC (own-goal and pooled) per wording beside the original
+(vlmr.calibrate.paraphrases). The parsing is BabyAI's, so from Python use `vlmr.run_evaluate` for it too.
+
 Tests: `.venv/bin/python -m pytest tests/test_evaluate.py -q`
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Literal
 
 from vlmr.calibrate.fit import cli_warnings, resolve_device
-from vlmr.calibrate.metrics import evaluate_scores
+from vlmr.calibrate.metrics import evaluate_scores, goal_groups, group_macros
+from vlmr.calibrate.paraphrases import (
+    GoalSlots,
+    add_wordings,
+    check_paraphrase,
+    reword,
+    wording_results,
+    wording_table,
+)
 from vlmr.calibrate.report import comparison_table
 from vlmr.calibrate.scores import score_split
 
@@ -70,6 +84,8 @@ class EvaluateConfig:
     render_size: int | None = None  # score the split's episodes drawn again at this many px (cached in
     # <data>/render-<N>/) and resized to each model's input; none = the stored frames
     ece_bins: int = 15  # bins of the expected calibration error
+    paraphrases: list[str] = dataclasses.field(default_factory=list)  # mission rewordings with {color} and {type}
+    # ("stand right in front of the {color} {type}"): AUROC per wording beside the original; [] = none
     cache_scores: bool = True  # read and write similarity matrices in <model>/calibration/ (shared with calibrate)
     logger: Literal["wandb", "csv", "none"] = "none"  # also log results: W&B (offline unless WANDB_MODE is set), CSV
     wandb_project: str = "vlmr"  # W&B project, with logger=wandb
@@ -86,6 +102,8 @@ class EvaluateConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} (--{key.replace('_', '-')}) must be >= 1, got {value}")
+        for template in self.paraphrases:
+            check_paraphrase(template)  # a VlmrError: one line naming the template, not pydantic's block
 
 
 def read_results(path: str | Path) -> dict:
@@ -136,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-size", type=int, metavar="N",
                    help="score the split's episodes drawn again at N px, resized to each model's input")
     p.add_argument("--ece-bins", type=int)
+    p.add_argument("--paraphrase", action="append", dest="paraphrases", metavar="TEMPLATE",
+                   help="reword the goals with this template ({color} and {type}) and report AUROC per wording "
+                        "(repeatable)")
     p.add_argument("--no-cache", dest="cache_scores", action="store_false",
                    help="do not read or write cached similarity matrices")
     p.add_argument("--logger", choices=("none", "csv", "wandb"),
@@ -146,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | None = None) -> dict:
+def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | None = None,
+             goal_slots: GoalSlots | None = None) -> dict:
     """Evaluate each of cfg.models on cfg.split; returns (and writes to cfg.out) the results dict.
 
     rendered: with cfg.render_size, the dataset holding the split drawn at that size (vlmr.rl.collect.rerender).
+    goal_slots: with cfg.paraphrases, a goal sentence's {"color", "type"} or None (vlmr.rl.envs.babyai_goals).
     """
     from vlmr.finetune.reward_model import RewardModel
 
@@ -164,6 +187,9 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | 
     if cfg.render_size is not None and rendered is None:
         raise VlmrError("render_size needs the split drawn again by its environment: call vlmr.run_evaluate "
                         "(vlmr.rl.collect.rerender.evaluate) or `vlmr evaluate --render-size N`")
+    if cfg.paraphrases and goal_slots is None:
+        raise VlmrError("paraphrases need the environment's goal parser to find {color} and {type}: call "
+                        "vlmr.run_evaluate (vlmr.rl.collect.rerender.evaluate) or `vlmr evaluate --paraphrase T`")
     frames_dir = Path(rendered) if cfg.render_size is not None else Path(cfg.data)
     results = []
     for spec in cfg.models:
@@ -173,23 +199,35 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | 
             if not Path(cal).is_file():
                 raise VlmrError(f"--calibration auto: {cal} does not exist; run `vlmr calibrate` for {spec.dir}")
         rm = RewardModel.load(spec.dir, calibration=cal, device=device)
+        # goals held out of fine-tuning are scored as any new goal at load: pooled fit, calibrated: false
+        held = rm.add_goals([g for g in manifest.get("holdout_goals") or [] if g not in rm.spec.goals], cfg.strict)
+        wordings = {t: reword(rm.spec.goals, rm.spec.negatives, t, goal_slots, spec.dir) for t in cfg.paraphrases}
+        if wordings:
+            add_wordings(rm, wordings)  # scored in the same pass; the saved goals' columns come first, unchanged
         cache_dir = Path(spec.dir) / "calibration" if cfg.cache_scores else None
         scores = score_split(rm, frames_dir, cfg.split, cfg.batch_size, cache_dir, cfg.limit, progress,
                              f"reward model {spec.dir}", cfg.strict)
         if int(scores.labels.sum()) == 0:
             raise VlmrError(f"split {cfg.split!r} of {cfg.data} has no positive label for any goal; precision, recall "
                             "and AUROC are undefined there. Evaluate on a split where goals are reached.")
-        metrics = evaluate_scores(scores.sims, scores.labels, scores.own_goal, rm.temperatures.cpu(),
-                                  rm.thresholds.cpu(), rm.goals, cfg.ece_bins)
+        num_saved = len(rm.spec.goals) + len(rm.spec.negatives)
+        goals = list(rm.spec.goals) + held  # the held-out goals' columns follow the saved candidates
+        temps, thresholds = rm.temperatures.cpu()[:len(goals)], rm.thresholds.cpu()[:len(goals)]
+        metrics = evaluate_scores(scores.sims[:, :num_saved + len(held)], scores.labels, scores.own_goal, temps,
+                                  thresholds, goals, cfg.ece_bins, num_saved)
+        metrics["groups"] = group_macros(metrics["per_goal"], goal_groups(goals, manifest.get("holdout_goals")))
         results.append({"name": spec.column, "dir": str(spec.dir), "model_id": rm.model_id, "arch": rm.spec.arch,
-                        "calibration": cal, "skipped": int(scores.meta.get("skipped", 0)),
-                        "temperatures": rm.temperatures.cpu().tolist(),
-                        "thresholds": rm.thresholds.cpu().tolist(), "metrics": metrics})
+                        "calibration": cal, "skipped": int(scores.meta.get("skipped", 0)), "new_goals": held,
+                        "temperatures": temps.tolist(), "thresholds": thresholds.tolist(), "metrics": metrics})
+        if wordings:
+            known = len(rm.spec.goals)
+            results[-1]["wordings"] = wording_results(rm, scores, wordings, metrics, temps[:known],
+                                                      thresholds[:known], cfg.ece_bins)
     out_dict = {"version": RESULTS_VERSION, "split": cfg.split,
                 "data": {"dir": str(cfg.data), "name": manifest.get("name"),
                          "manifest_sha256": sha256_file(Path(cfg.data) / MANIFEST_FILE), "limit": cfg.limit,
                          "frames": results[0]["metrics"]["frames"], "skipped": max(r["skipped"] for r in results)},
-                "render_size": cfg.render_size, "models": results}
+                "render_size": cfg.render_size, "paraphrases": list(cfg.paraphrases), "models": results}
     skipped = out_dict["data"]["skipped"]
     drawn = ""
     if cfg.render_size is not None:
@@ -201,6 +239,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | 
     print(comparison_table(results))
     for note in results[0]["metrics"]["notes"]:
         print(f"note: {note}")
+    if cfg.paraphrases:
+        print(wording_table(results))
     if cfg.out:
         atomic_write_json(cfg.out, out_dict)
         print(f"wrote {cfg.out}")

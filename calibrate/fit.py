@@ -2,10 +2,16 @@
 
     vlmr calibrate configs/calibrate/shapes.yaml
     vlmr calibrate configs/calibrate/shapes.yaml reward_model=runs/demo/reward_model data=data/shapes criterion=max_f1
+    vlmr calibrate configs/calibrate/babyai.yaml reward_model=runs/refined/reward_model 'extra_data=[data/rollouts]'
     python -c "from vlmr.calibrate.fit import CalibrateConfig, calibrate; calibrate(CalibrateConfig(reward_model=..., data=...))"
 
 Steps: score `fit_split` (cached similarity matrix) -> fit tau_g (max likelihood) and
 beta_g (criterion) -> score `eval_split` -> metrics before/after -> write
+
+With `extra_data` (more datasets with the same goal set, e.g. agents' rollouts), the fit_split frames of
+every dataset are fitted together and the eval_split frames of every dataset are evaluated: the
+headline metrics are over all of them (pooled), `metrics.datasets` has each dataset's own, and
+`fit.datasets` each dataset's frame and skip counts (docs/DESIGN.md, "Calibration file").
 
     <out>  (default <reward_model>/calibration.json; byte-identical for identical inputs)
     <out without .json>/  report.md, pr_curves-*.png, reliability.png, histograms-*.png,
@@ -17,6 +23,7 @@ Tests: `.venv/bin/python -m pytest tests/test_calibrate_stage.py -q`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -28,7 +35,7 @@ from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_c
 from vlmr.calibrate.metrics import BEFORE_KEYS, add_before, evaluate_scores
 from vlmr.calibrate.plots import write_plots
 from vlmr.calibrate.report import calibration_report
-from vlmr.calibrate.scores import score_split
+from vlmr.calibrate.scores import concat_scores, score_split
 
 from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
@@ -45,6 +52,8 @@ VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
 class CalibrateConfig:
     reward_model: str  # reward-model directory to calibrate (RewardModel.save / vlmr finetune output)
     data: str  # labelled dataset directory: manifest.json + shards (vlmr collect)
+    extra_data: list[str] = dataclasses.field(default_factory=list)  # more labelled datasets with the same goal set
+    # (e.g. agents' rollouts): their fit_split frames join the fit, their eval_split frames are evaluated too
     fit_split: str = "val"  # split the temperatures and thresholds are fitted on
     eval_split: str = "test"  # held-out split every reported metric is computed on; must differ from fit_split
     criterion: Literal["precision_at", "max_f1", "fbeta"] = "precision_at"  # how each goal's threshold is chosen
@@ -138,8 +147,32 @@ def _view(m: dict | None) -> dict | None:
     return None if m is None else {k: v for k, v in m.items() if k != "notes"} | {"notes": m.get("notes", [])}
 
 
-def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test) -> dict:
-    """Everything calibration.json holds besides version and model_id. No paths or times: same inputs, same bytes."""
+def dataset_entries(paths: list[str], manifests: list[dict], vals: list, tests: list, fit, rm, cfg) -> tuple[list, list]:
+    """Per dataset: (fit entries: identity and frame/skip counts; test entries: counts and metrics). Paths are as
+    given in the config, so the same inputs still give the same bytes."""
+    fits, evals = [], []
+    for path, manifest, val, test in zip(paths, manifests, vals, tests):
+        ident = {"path": str(path), "name": manifest.get("name"), "source": manifest.get("source"),
+                 "manifest_sha256": val.meta["manifest_sha256"]}
+        fits.append(ident | {"frames": len(val.keys), "skipped": int(val.meta.get("skipped", 0))})
+        m = evaluate_with_before(test, fit, rm, cfg.ece_bins)
+        evals.append({"path": str(path), "name": manifest.get("name"), "frames": m["frames"],
+                      "skipped": int(test.meta.get("skipped", 0)), "pooled": _view(m["pooled"]),
+                      "own_goal": _view(m["own_goal"]), "macro": m["macro"], "notes": m["notes"]})
+    return fits, evals
+
+
+def evaluate_with_before(test, fit, rm, n_bins: int) -> dict:
+    """Every metric view of `test` at the fitted values, with AUROC/AP/ECE at the model's defaults beside them."""
+    after = evaluate_scores(test.sims, test.labels, test.own_goal, fit.temperatures, fit.thresholds, rm.goals, n_bins)
+    before = evaluate_scores(test.sims, test.labels, test.own_goal, [rm.spec.temperature] * len(rm.goals),
+                             [rm.spec.threshold] * len(rm.goals), rm.goals, n_bins)
+    return add_before(after, before)
+
+
+def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test, datasets=None) -> dict:
+    """Everything calibration.json holds besides version and model_id. No absolute paths or times: same inputs,
+    same bytes. datasets: dataset_entries' (fit, test) lists."""
     goals = {}
     for g, goal in enumerate(rm.goals):
         e = fit.goals[g]
@@ -156,6 +189,7 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test) -> dict:
             "test_own": _view(views["own"]),
         }
     shared = {k: v if k in ("temperature", "threshold") else _round(v) for k, v in fit.shared.items()}
+    fit_sets, test_sets = datasets or (None, None)
     return {
         "goals": goals,
         "guarantee": guarantee_summary(goals),
@@ -166,12 +200,28 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test) -> dict:
                 "defaults": {"temperature": rm.spec.temperature, "threshold": rm.spec.threshold},
                 "model": {"arch": rm.spec.arch, "candidates": int(val.sims.shape[1])},
                 "data": {"name": manifest.get("name"), "manifest_sha256": val.meta["manifest_sha256"],
-                         "limit": cfg.limit}},
+                         "limit": cfg.limit},
+                **({"datasets": fit_sets} if fit_sets is not None else {})},
         "metrics": {"split": cfg.eval_split, "frames": metrics["frames"], "skipped": int(test.meta.get("skipped", 0)),
                     "pooled": _view(metrics["pooled"]),
-                    "own_goal": _view(metrics["own_goal"]), "macro": metrics["macro"], "notes": metrics["notes"]},
+                    "own_goal": _view(metrics["own_goal"]), "macro": metrics["macro"], "notes": metrics["notes"],
+                    **({"datasets": test_sets} if test_sets is not None else {})},
         "warnings": fit.warnings + metrics.get("warnings", []),
     }
+
+
+def check_datasets(paths: list[str], manifests: list[dict], rm, model_name: str) -> None:
+    """Every dataset once, each with the reward model's goal set: before any frame is scored."""
+    from vlmr.core.dataset import check_goal_sets
+
+    seen: dict[Path, str] = {}
+    for path, manifest in zip(paths, manifests):
+        key = Path(path).resolve()
+        if key in seen:
+            raise VlmrError(f"extra_data: dataset {path} is already given (as {seen[key]}); its frames would count "
+                            "twice in the fit, so list every dataset once")
+        seen[key] = str(path)
+        check_goal_sets(list(manifest["goals"]), list(rm.goals), path, model_name, manifest.get("holdout_goals"))
 
 
 def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
@@ -187,32 +237,38 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
         check_writable(folder, "calibration output folder")
     device = resolve_device(cfg.device)
     rm = RewardModel.load(cfg.reward_model, device=device)
-    manifest = read_manifest(cfg.data)
+    paths = [cfg.data, *cfg.extra_data]
+    manifests = [read_manifest(p) for p in paths]
+    manifest = manifests[0]
     if len(rm.goals) + len(rm.spec.negatives) < 2:
         raise VlmrError(f"reward model {cfg.reward_model} has a single candidate caption, so P(g|o) = 1 for every "
                         "frame and nothing can be calibrated; add negatives or more goals")
     cache = art if cfg.cache_scores else None
     name = f"reward model {cfg.reward_model}"
-    val = score_split(rm, cfg.data, cfg.fit_split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)
+    check_datasets(paths, manifests, rm, name)
+
+    def score_all(split: str) -> list:  # each dataset scored and cached on its own shards
+        return [score_split(rm, p, split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict) for p in paths]
+
+    vals = score_all(cfg.fit_split)
+    val = concat_scores(vals)
     if int(val.labels.sum()) == 0:
-        raise VlmrError(f"split {cfg.fit_split!r} of {cfg.data} has no positive label for any goal: there is nothing "
-                        "to fit a threshold to. Collect data in which goals are reached.")
+        raise VlmrError(f"split {cfg.fit_split!r} of {', '.join(map(str, paths))} has no positive label for any goal: "
+                        "there is nothing to fit a threshold to. Collect data in which goals are reached.")
     crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta,
                               cfg.confidence if cfg.criterion == "precision_at" else None)
     fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
                           goal_names=rm.goals, strict=cfg.strict)
-    test = score_split(rm, cfg.data, cfg.eval_split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)
-    after = evaluate_scores(test.sims, test.labels, test.own_goal, fit.temperatures, fit.thresholds, rm.goals,
-                            cfg.ece_bins)
-    before = evaluate_scores(test.sims, test.labels, test.own_goal, [rm.spec.temperature] * len(rm.goals),
-                             [rm.spec.threshold] * len(rm.goals), rm.goals, cfg.ece_bins)
-    metrics = add_before(after, before)
+    tests = score_all(cfg.eval_split)
+    test = concat_scores(tests)
+    metrics = evaluate_with_before(test, fit, rm, cfg.ece_bins)
     if int(test.labels.sum()) == 0:
         msg = f"split {cfg.eval_split!r} has no positive label for any goal: recall, F1, AP and AUROC are undefined"
         metrics["warnings"] = [msg]
         quality_issue(msg, cfg.strict, CalibrationWarning)
 
-    body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test)
+    datasets = dataset_entries(paths, manifests, vals, tests, fit, rm, cfg)
+    body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test, datasets)
     write_calibration(out, rm.model_id, body.pop("goals"), **body)
     with warnings.catch_warnings():  # the fit has just warned about its unguaranteed goals; say it once
         warnings.simplefilter("ignore", QualityWarning)
@@ -229,6 +285,9 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
                                           "plots": [str(p) for p in plots]},
         "scores_cached": {"fit": val.cached, "eval": test.cached}, "device": device,
         "skipped_samples": {"fit": val.meta.get("skipped", 0), "eval": test.meta.get("skipped", 0)},
+        "datasets": [{"path": str(p), "scores_cached": {"fit": v.cached, "eval": t.cached},
+                      "skipped_samples": {"fit": v.meta.get("skipped", 0), "eval": t.meta.get("skipped", 0)}}
+                     for p, v, t in zip(paths, vals, tests)],
         "seconds": round(time.time() - t0, 2), "model_dir": str(cfg.reward_model), "data_dir": str(cfg.data)}
     run_path = atomic_write_json(art / "run.json", info)
     _log(cfg, art, cal, info, plots, rm)

@@ -136,11 +136,20 @@ def as_float32(x: float) -> float:
     return float(np.float32(x))
 
 
-def goal_probs(sims: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
-    """P(g | o_n) for every goal, each at its own temperature: (N, G), exactly as RewardModel.all_probs."""
-    from vlmr.finetune.reward_math import all_goal_log_probs
+def goal_probs(sims: torch.Tensor, temperatures: torch.Tensor, num_saved: int | None = None) -> torch.Tensor:
+    """P(g | o_n) for every goal, each at its own temperature: (N, G), exactly as RewardModel.all_probs.
 
-    return all_goal_log_probs(sims.float(), temperatures.float()).exp().clamp(0.0, 1.0)
+    num_saved: sims holds the saved candidates in its first num_saved columns and then one column per goal added
+    at load (the last goals of `temperatures`), each scored against the saved candidates plus itself."""
+    from vlmr.finetune.reward_math import all_goal_log_probs, new_goal_log_probs
+
+    sims, temperatures = sims.float(), temperatures.float()
+    if num_saved is None or sims.shape[1] == num_saved:
+        return all_goal_log_probs(sims, temperatures).exp().clamp(0.0, 1.0)
+    known = len(temperatures) - (sims.shape[1] - num_saved)
+    saved = all_goal_log_probs(sims[:, :num_saved], temperatures[:known])
+    new = new_goal_log_probs(sims, temperatures[known:], num_saved)
+    return torch.cat([saved, new], dim=1).exp().clamp(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------- threshold

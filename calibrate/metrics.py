@@ -33,14 +33,17 @@ def _macro(entries: list[dict | None]) -> dict:
     return macro_average(entries, METRICS + (BEFORE_KEYS if before else ()))
 
 
-def evaluate_scores(sims, labels, own_goal, temperatures, thresholds, goals: list[str], n_bins: int = 15) -> dict:
-    """Every view of the reward quality for one (temperatures, thresholds) setting. sims (N, C), labels (N, G)."""
+def evaluate_scores(sims, labels, own_goal, temperatures, thresholds, goals: list[str], n_bins: int = 15,
+                    num_saved: int | None = None) -> dict:
+    """Every view of the reward quality for one (temperatures, thresholds) setting. sims (N, C), labels (N, G).
+
+    num_saved: the last goals were added at load (their columns follow the num_saved saved candidates)."""
     sims = torch.as_tensor(sims).float()
     labels = torch.as_tensor(labels).long()
     own_goal = torch.as_tensor(own_goal).long()
     temps = torch.as_tensor(temperatures, dtype=torch.float32)
     thr = torch.as_tensor(thresholds, dtype=torch.float32)
-    probs = goal_probs(sims, temps)  # (N, G)
+    probs = goal_probs(sims, temps, num_saved)  # (N, G)
     preds = probs >= thr  # the binary reward of every pair
     per_goal = {}
     for g, goal in enumerate(goals):
@@ -85,3 +88,32 @@ def add_before(after: dict, before: dict) -> dict:
                       "own_goal": _macro([v["own"] for v in after["per_goal"].values()])
                       if after["own_goal"] is not None else None}
     return after
+
+
+def goal_groups(goals: list[str], holdout: list[str] | None) -> dict[str, list[str]]:
+    """Named subsets of the goal set for the report: seen and held-out goals, and each BabyAI family's share
+    of them ("goto", "pickup held out", ...). Only groups that exist and split the set are returned."""
+    from vlmr.rl.envs.babyai_goals import try_parse_goal
+
+    held = set(holdout or ())
+    status = {g: "held out" if g in held else "seen" for g in goals}
+    groups: dict[str, list[str]] = {}
+    if held:
+        for name in ("seen", "held out"):
+            groups[name] = [g for g in goals if status[g] == name]
+    families = {g: p.family for g in goals if (p := try_parse_goal(g)) is not None}
+    if len(set(families.values())) > 1:
+        for fam in dict.fromkeys(families.values()):
+            for name in (("seen", "held out") if held else ("",)):
+                members = [g for g in goals if families.get(g) == fam and (not name or status[g] == name)]
+                if members:
+                    groups[f"{fam} {name}".strip()] = members
+    return {k: v for k, v in groups.items() if v}
+
+
+def group_macros(per_goal: dict, groups: dict[str, list[str]]) -> dict:
+    """Per group: the macro means over its goals (own-goal and pooled views), and how many goals it has."""
+    return {name: {"goals": len(members),
+                   "own_goal": _macro([(per_goal.get(g) or {}).get("own") for g in members]),
+                   "pooled": _macro([(per_goal.get(g) or {}).get("all") for g in members])}
+            for name, members in groups.items()}

@@ -93,6 +93,26 @@ def _bound(e: dict) -> str:
     return f"best {fmt(e['best_bound'])}, " + ("precision too low" if need is None else f"+{need} needed")
 
 
+def _dataset_lines(fit: dict, metrics: dict) -> list[str]:
+    """A table of each dataset's own test figures, when several were calibrated together (extra_data)."""
+    fits, tests = fit.get("datasets") or [], metrics.get("datasets") or []
+    if len(tests) < 2:
+        return []
+    lines = ["## Per dataset", "",
+             "The fit used every dataset's fit-split frames together; the table above is over every dataset's test "
+             "frames, these rows are each dataset's own.", "",
+             "| dataset | fit frames | test frames | own-goal precision | own-goal recall | own-goal AUROC | "
+             "pooled precision | pooled recall | pooled AUROC |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f, t in zip(fits, tests):
+        own, pooled = t.get("own_goal") or {}, t.get("pooled") or {}
+        skipped = f" ({f['skipped']} + {t['skipped']} skipped)" if f["skipped"] or t["skipped"] else ""
+        lines.append(f"| `{_cell(str(t['name']))}` ({_cell(t['path'])}){skipped} | {f['frames']} | {t['frames']} | "
+                     f"{fmt(own.get('precision'))} | {fmt(own.get('recall'))} | {fmt(own.get('auroc'))} | "
+                     f"{fmt(pooled.get('precision'))} | {fmt(pooled.get('recall'))} | {fmt(pooled.get('auroc'))} |")
+    return lines + [""]
+
+
 def calibration_report(cal: dict, plots: list[str]) -> str:
     fit, metrics, crit = cal["fit"], cal["metrics"], cal["criterion"]
     shared = fit["shared"]
@@ -100,7 +120,9 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         "# Calibration report",
         "",
         f"Reward model `{cal['model_id'][:12]}` ({fit['model']['arch']}, {len(cal['goals'])} goals). "
-        f"Dataset `{fit['data']['name']}` (manifest sha256 `{fit['data']['manifest_sha256'][:12]}`).",
+        f"Dataset `{fit['data']['name']}` (manifest sha256 `{fit['data']['manifest_sha256'][:12]}`)"
+        + "".join(f", with `{d['name']}` (`{d['manifest_sha256'][:12]}`)" for d in (fit.get("datasets") or [])[1:])
+        + ".",
         "",
         f"- Fitted on split `{fit['split']}` ({fit['frames']} frames{_skipped(fit)}); every metric below is on the "
         f"held-out split `{metrics['split']}` ({metrics['frames']} frames{_skipped(metrics)}).",
@@ -127,6 +149,7 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         "",
     ]
     lines += [f"_{n}_" for n in metrics.get("notes", [])]
+    lines += _dataset_lines(fit, metrics)
     summary = cal.get("guarantee")
     if summary is None:
         lines += _goal_table("Per goal", cal["goals"])

@@ -2,7 +2,12 @@
 
     scores = score_split(rm, "data/shapes", "val", cache_dir="runs/demo/reward_model/calibration")
     scores.sims      # float32 (N, C): cosine similarity of every frame to every candidate (goals first)
-    scores.labels    # int8 (N, G), aligned with rm.goals;  scores.own_goal: int64 (N,), -1 if no mission
+    scores.labels    # int8 (N, G), aligned with scores.goals;  scores.own_goal: int64 (N,), -1 if no mission
+
+A model with goals added at load (rm.new_goals) gets their columns after the saved candidates, and
+their scores are cached in a file of their own. scores.goals is the saved goal set, then the new goals
+the data labels (goals held out of fine-tuning; a reworded sentence has no label), in the order they
+were added: add labelled goals first so their label columns line up with their score columns.
 
 P(g|o) at any temperature is a cheap function of `sims` (reward_math.all_goal_log_probs),
 so temperature fitting never re-runs the model. The cache file
@@ -13,6 +18,9 @@ are hashed before the cache is looked up, so a shard damaged since the cache was
 written is skipped (and counted) and the cache is not trusted. `scores.meta`
 records `skipped` (samples left out) and the problems met while scoring, which a
 cache hit repeats as warnings (errors under strict).
+
+Several datasets fitted together (calibrate's `extra_data`) are scored and cached one by one, each
+keyed on its own shards, and joined with `concat_scores`.
 
 Frames are streamed shard by shard (not loaded whole like vlmr.core.dataset.load_split_arrays),
 so a split of any size fits in memory.
@@ -90,16 +98,23 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     """Similarities, labels and own-goal ids of every sample of `split`, from the cache when it is valid."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    check_goal_sets(list(manifest["goals"]), list(rm.goals), data_dir, model_name, manifest.get("holdout_goals"))
+    goals = list(rm.spec.goals)  # the saved goal set: goals added at load have no labels in the data
+    check_goal_sets(list(manifest["goals"]), goals, data_dir, model_name, manifest.get("holdout_goals"))
     manifest_sha = sha256_file(data_dir / MANIFEST_FILE)
     counter = SkipCounter(strict)
     split_shards(data_dir, split, manifest)
     # the data's identity is what will be read: every intact shard by hash (damaged ones are reported here)
     shards = {p.name: shard_sha256(p) for p in verified_shards(data_dir, split, manifest, counter)}
-    num_candidates = len(rm.goals) + len(rm.spec.negatives)
+    new_goals = list(rm.new_goals)
+    num_candidates = len(goals) + len(rm.spec.negatives) + len(new_goals)
+    # new goals the data labels too (goals held out of fine-tuning) get label columns after the saved ones
+    goals = goals + [g for g in new_goals if g in set(manifest["goals"])]
     meta = {"version": CACHE_VERSION, "model_id": rm.model_id, "manifest_sha256": manifest_sha, "shards": shards,
-            "split": split, "limit": limit, "goals": list(rm.goals), "candidates": num_candidates}
+            "split": split, "limit": limit, "goals": goals, "candidates": num_candidates}
     digest = sha256_text(f"{manifest_sha} {sorted(shards.items())}")
+    if new_goals:  # another file: scores with and without them must not keep replacing each other
+        meta["new_goals"] = new_goals
+        digest = sha256_text(f"{digest} {new_goals}")
     path = _cache_path(Path(cache_dir), split, digest) if cache_dir is not None else None
     if path is not None and (hit := _read_cache(path, meta)) is not None:
         for problem in hit.meta.get("problems", []):  # met while the cached scores were made: say so again
@@ -109,7 +124,6 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
 
     from tqdm.auto import tqdm
 
-    goals = list(rm.goals)
     index = {g: i for i, g in enumerate(goals)}
     total = manifest["splits"].get(split, {}).get("samples")
     sims, labels, own, keys, batch = [], [], [], [], []
@@ -151,3 +165,15 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     if path is not None:
         _write_cache(path, scores)
     return scores
+
+
+def concat_scores(parts: list[Scores]) -> Scores:
+    """Scores of several datasets (same model and goals) as one: rows in order; meta sums the skips, keeps the
+    first dataset's manifest sha256 and lists every part's meta under "parts"."""
+    if len(parts) == 1:
+        return parts[0]
+    meta = {**parts[0].meta, "skipped": sum(int(p.meta.get("skipped", 0)) for p in parts),
+            "problems": [m for p in parts for m in p.meta.get("problems", [])], "parts": [p.meta for p in parts]}
+    return Scores(np.concatenate([p.sims for p in parts]), np.concatenate([p.labels for p in parts]),
+                  np.concatenate([p.own_goal for p in parts]), [k for p in parts for k in p.keys], list(parts[0].goals),
+                  meta, cached=all(p.cached for p in parts))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from vlmr.finetune.augment import AugmentSection, FrameAugment
+from vlmr.finetune.goal_rules import GoalTemplate
 from vlmr.finetune.lora import TEXT_PREFIXES, LoraSection, apply_lora, freeze_text_tower
 from vlmr.finetune.losses import (
     MIN_TEMPERATURE,
@@ -46,8 +47,11 @@ class ModelSection:
     goals: list[str] | None = None  # the model's goal set; null = the dataset's; must equal the dataset's
     templates: list[str] = dataclasses.field(default_factory=lambda: ["{goal}"])  # prompt templates, ensembled
     goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts
+    # the rule that made goal_prompts (reward_model.json goal_templates): prompts for goals added at load
+    goal_templates: dict[str, GoalTemplate] = dataclasses.field(default_factory=dict)
     negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidates that are never goals
-    init_temperature: float | None = None  # tau of P(g|o) at the start; null = 1 / exp(the base's logit_scale)
+    init_temperature: float | None = None  # tau of P(g|o) at the start; null = 1 / exp(the base's logit_scale), or
+    # with init_adapter the parent's temperature
     freeze_text: bool = False  # keep the text tower fixed (overrides lora.text_*)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
 
@@ -76,11 +80,12 @@ class OptimSection:
 
 class ClipFinetuneModule(pl.LightningModule):
     def __init__(self, goals: list[str], model: dict, lora: dict | None, loss: dict, optim: dict,
-                 max_steps: int, sample_frames: int = 16, augment: dict | None = None):
+                 max_steps: int, sample_frames: int = 16, augment: dict | None = None, init_adapter: str | None = None):
         """goals: the dataset's goal set; model, lora (None = full training), loss, optim: the config sections
         as dicts, saved as hyperparameters so a checkpoint knows its settings; max_steps: the schedule's length;
         sample_frames: val frames in the W&B sample table (0 = none); augment: the training frames' augmentations
-        (None = off)."""
+        (None = off); init_adapter: a reward-model dir whose LoRA adapter the weights start from (checked by
+        vlmr.finetune.parent.read_parent; lora must then be the adapter's)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = build_config(ModelSection, dict(model), "model section")
@@ -95,7 +100,8 @@ class ClipFinetuneModule(pl.LightningModule):
             self.base_sha256 = sha256_file(pretrained)
         clip, self.tokenizer = create_clip(mc.arch, pretrained)
         self.spec = make_spec(arch=mc.arch, goals=list(goals), pretrained=pretrained, pretrained_sha256=self.base_sha256,
-                              templates=mc.templates, goal_prompts=mc.goal_prompts, negatives=mc.negatives)
+                              templates=mc.templates, goal_prompts=mc.goal_prompts, goal_templates=mc.goal_templates,
+                              negatives=mc.negatives)
         self.pretrained_path = Path(pretrained) if self.base_sha256 else None
         self.pre = image_preprocess_cfg(clip)
         self.patch = patch_size(clip)
@@ -104,7 +110,11 @@ class ClipFinetuneModule(pl.LightningModule):
         init_tau = mc.init_temperature or 1.0 / float(clip.logit_scale.detach().exp())
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)  # open_clip's non-reentrant checkpoint: LoRA grads still flow
-        if self.lora_cfg is not None:
+        if self.lora_cfg is not None and init_adapter is not None:
+            from peft import PeftModel
+
+            clip = PeftModel.from_pretrained(clip, str(init_adapter), is_trainable=True)  # the parent's LoRA weights
+        elif self.lora_cfg is not None:
             clip = apply_lora(clip, self.lora_cfg, mc.freeze_text, mc.arch)
         elif mc.freeze_text:
             freeze_text_tower(clip)

@@ -4,9 +4,11 @@
     history = check_resume(checkpoint, record, cfg)    # refuses or reports changes; returns the resume history
     apply_optim(checkpoint, optim_cfg, lr_factor)      # the optimizer and schedule follow the config, not the file
 
-A checkpoint stores the run's settings as dotted keys (`checkpoint["vlmr"]["config"]`), with two derived
+A checkpoint stores the run's settings as dotted keys (`checkpoint["vlmr"]["config"]`), with derived
 ones: `data.content` (the train and val shards' sha256, so a moved dataset is the same data and a
-recollected one is not) and `processes` (how many training processes shared each step). A rerun with
+recollected one is not), `data.mix_content` (data.mix_dir's train shards, likewise), `parent_adapter`
+(the identity of the init_adapter reward model: other starting weights) and `processes` (how many
+training processes shared each step). A rerun with
 resume: true compares its own settings with them, key by key (docs/DESIGN.md, "Resuming a run"):
 
 - refuse: the steps already taken computed something else (model, LoRA, loss, seed, data, batch,
@@ -30,7 +32,7 @@ from vlmr.core.files import canonical_json, sha256_text
 
 REFUSE, APPLY, FREE = "refuse", "apply", "free"
 
-# exact dotted key first, then its section; a key in neither is refused (tests require every key listed)
+# the longest listed prefix of a dotted key decides; a key under none is refused (tests require every key listed)
 POLICY = {
     "name": FREE, "output_dir": FREE, "resume": FREE, "logger": FREE, "wandb_project": FREE, "save_merged": FREE,
     "strict": FREE,  # strict never changes a number (docs/DESIGN.md, "Strict mode")
@@ -38,9 +40,14 @@ POLICY = {
     "data": REFUSE,
     "data.dir": FREE,  # the path; the data itself is data.content
     "data.num_workers": FREE,
+    "data.mix_dir": FREE,  # the path; the mix data itself is data.mix_content (data.mix_ratio is refused)
+    "data.mix_content": REFUSE,
+    "init_adapter": FREE,  # the path; the parent itself is parent_adapter (a moved parent is the same one)
+    "parent_adapter": REFUSE,  # the starting weights
     "model": REFUSE,
     "model.goals": FREE, "model.pretrained": FREE,  # compared by on_load_checkpoint: goal set, base sha256
     "model.grad_checkpointing": FREE,  # recomputes activations: same numbers, less memory
+    "model.goal_templates": FREE,  # prompts only goals outside the goal set; the spec checks it against goal_prompts
     "lora": REFUSE, "loss": REFUSE, "augment": REFUSE,  # what the steps taken were trained on
     "optim": APPLY,
     "trainer": FREE,  # how long, how often to validate/checkpoint/log, which hardware
@@ -50,7 +57,9 @@ POLICY = {
 
 
 def policy(key: str) -> str:
-    return POLICY.get(key) or POLICY.get(key.split(".")[0], REFUSE)
+    """The policy of the longest listed prefix of a dotted key (model.goal_templates.goto.prompts: free)."""
+    parts = key.split(".")
+    return next((POLICY[p] for n in range(len(parts), 0, -1) if (p := ".".join(parts[:n])) in POLICY), REFUSE)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -64,15 +73,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def data_identity(manifest: dict) -> str:
-    """sha256 over the train and val shards' names and hashes: what the steps were trained and validated on."""
-    shards = {s: [(x["name"], x["sha256"]) for x in manifest["splits"][s]["shards"]] for s in ("train", "val")}
+def data_identity(manifest: dict, splits: tuple[str, ...] = ("train", "val")) -> str:
+    """sha256 over the splits' shard names and hashes: what the steps were trained and validated on."""
+    shards = {s: [(x["name"], x["sha256"]) for x in manifest["splits"][s]["shards"]] for s in splits}
     return sha256_text(canonical_json(shards))
 
 
-def run_record(cfg, manifest: dict, world: int) -> dict:
-    """The settings this run trains with, as the checkpoint stores them."""
-    return flatten(config_to_dict(cfg)) | {"data.content": data_identity(manifest), "processes": world}
+def run_record(cfg, manifest: dict, world: int, mix_manifest: dict | None = None, parent_id: str | None = None
+               ) -> dict:
+    """The settings this run trains with, as the checkpoint stores them.
+
+    Without data.mix_dir, data.mix_ratio means nothing and is left out, so checkpoints from before mixing
+    existed (and runs without it) resume whatever its default; the None-valued derived keys compare equal to
+    their absence likewise."""
+    record = flatten(config_to_dict(cfg)) | {"data.content": data_identity(manifest), "processes": world,
+                                             "parent_adapter": parent_id}
+    if mix_manifest is None:
+        record.pop("data.mix_ratio", None)
+    else:
+        record["data.mix_content"] = data_identity(mix_manifest, ("train",))
+    return record
 
 
 def _legacy_record(checkpoint: dict) -> dict:

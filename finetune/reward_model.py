@@ -2,12 +2,14 @@
 
     rm = RewardModel.create("vlmr-tiny", goals=["go to the red ball", "go to the blue key"])
     rm = RewardModel.load("runs/demo/reward_model", calibration="runs/demo/reward_model/calibration.json")
+    rm = RewardModel.load("runs/demo/reward_model", calibration=..., goals=["go to the purple box"])  # a new goal
     p = rm.probs(frames, ["go to the red ball"] * len(frames))   # frames: uint8 N x H x W x 3
     r = rm.reward(frames, goal_ids)                              # binary | prob | goal_baseline
 
 A reward-model directory (docs/DESIGN.md) holds `reward_model.json` and, when
 adapted, peft's `adapter_config.json` + `adapter_model.safetensors`, or full
-weights in `open_clip_model.safetensors` after full training.
+weights in `open_clip_model.safetensors` after full training. Goals outside the saved goal set
+(`goals=` at load, `add_goals`) are scored by vlmr.finetune.new_goals' rules (docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -15,89 +17,47 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
+from vlmr.finetune.new_goals import (
+    check_new_goals,
+    new_goal_prompts,
+    pooled_fit,
+    warn_prompt_rule,
+    warn_uncalibrated,
+)
 from vlmr.finetune.preprocess import check_frames, preprocess_frames
 from vlmr.finetune.reward_math import (
     all_goal_log_probs,
     binary_reward,
     ensemble_text_embeddings,
     goal_baseline_reward,
-    goal_log_probs,
+    mixed_goal_log_probs,
+    new_goal_log_probs,
     normalize,
+)
+from vlmr.finetune.spec import (  # noqa: F401  (the spec's names, imported from here before it had a module)
+    GENERIC_NEGATIVES,
+    REWARD_MODEL_VERSION,
+    SPEC_FILE,
+    RewardModelSpec,
+    candidate_prompts,
+    identity_hash,
+    make_spec,
+    read_spec,
+    spec_file_fields,
 )
 
 from vlmr.core.calibration_file import read_calibration, reward_parameter_problem
-from vlmr.core.config import PositiveFloat, PositiveInt, build_config, config_dataclass
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_dir, canonical_json, read_json, sha256_file, sha256_text
+from vlmr.core.files import atomic_dir, canonical_json, sha256_file
 from vlmr.core.quality import quality_issue
 
-REWARD_MODEL_VERSION = 1
-SPEC_FILE = "reward_model.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
-UnitFloat = Annotated[float, Field(ge=0, le=1)]  # in [0, 1]; NaN fails the bounds too
-# captions of frames that show no goal, for a model with one goal: its softmax needs something to compare with
-GENERIC_NEGATIVES = ("an empty room", "a blank image", "a plain wall", "an empty floor")
-
-
-@config_dataclass
-class RewardModelSpec:
-    """Everything that defines a reward model besides its weights; stored as reward_model.json."""
-
-    arch: str  # open_clip architecture (vlmr-tiny, ViT-B-32, ...) or hf-hub:org/repo
-    goals: list[str]  # the goal set: one sentence per goal
-    pretrained: str | None = None  # open_clip tag, checkpoint path (relative to the dir when inside it), or none
-    pretrained_sha256: str | None = None  # sha256 of the checkpoint file when `pretrained` is a file
-    templates: list[str] = dataclasses.field(default_factory=lambda: ["{goal}"])  # prompt templates, ensembled
-    goal_prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # per-goal prompts, replace templates
-    negatives: list[str] = dataclasses.field(default_factory=list)  # extra candidate captions that are never goals
-    reward_mode: Literal["binary", "prob", "goal_baseline"] = "binary"  # how P(g|o) becomes a reward
-    alpha: UnitFloat = 0.5  # goal_baseline projection weight (vlmrm), in [0, 1]
-    temperature: PositiveFloat = 0.01  # default tau_g when no calibration is given (CLIP's logit scale 100)
-    threshold: UnitFloat = 0.5  # default beta_g when no calibration is given, in [0, 1]
-    image_size: PositiveInt | None = None  # model input size, filled in from the architecture
-    version: int = REWARD_MODEL_VERSION  # file format version
-
-    def __post_init__(self):
-        if not self.goals:
-            raise ValueError("the goal set is empty; give at least one goal sentence")
-        if any(not g.strip() for g in self.goals + self.negatives):
-            raise ValueError("a goal or negative caption is empty; give each one as a sentence (`--goal \"go to the "
-                             "red ball\"`)")
-        dupes = sorted({g for g in self.goals if self.goals.count(g) > 1})
-        if dupes:
-            raise ValueError(f"the goal set has duplicate goals: {dupes}")
-        if not self.templates or any("{goal}" not in t for t in self.templates):
-            raise ValueError(f"every prompt template must contain '{{goal}}', got {self.templates}")
-        unknown = [g for g in self.goal_prompts if g not in self.goals]
-        if unknown:
-            raise ValueError(f"goal_prompts names goals that are not in the goal set: {unknown}")
-        clash = [n for n in self.negatives if n in self.goals]
-        if clash:
-            raise ValueError(f"negative captions may not also be goals: {clash}")
-        if len(self.goals) + len(self.negatives) < 2:  # softmax over one candidate: P(g|o) = 1 for any frame
-            raise ValueError(f"the goal {self.goals[0]!r} alone has nothing to be compared with, so P(g|o) would be 1 "
-                             "for every frame: add negative captions of what is not the goal (negatives=[...], "
-                             "`vlmr score --negative CAPTION`; e.g. GENERIC_NEGATIVES: "
-                             f"{', '.join(repr(n) for n in GENERIC_NEGATIVES[:2])}), or more goals")
-
-
-def make_spec(**fields) -> RewardModelSpec:
-    return build_config(RewardModelSpec, fields, "reward model spec")
-
-
-def candidate_prompts(spec: RewardModelSpec) -> list[list[str]]:
-    """Prompts for every candidate caption: the goals first (in goal-set order), then the negatives."""
-    def expand(caption):
-        return [t.format(goal=caption) for t in spec.templates]
-    return [spec.goal_prompts.get(g) or expand(g) for g in spec.goals] + [expand(n) for n in spec.negatives]
 
 
 def encode_candidates(clip, tokenizer, prompts: list[list[str]], device) -> torch.Tensor:
@@ -109,30 +69,6 @@ def encode_candidates(clip, tokenizer, prompts: list[list[str]], device) -> torc
         out.append(ensemble_text_embeddings(emb[start:start + len(group)].unsqueeze(0))[0])
         start += len(group)
     return torch.stack(out)
-
-
-def identity_hash(spec: RewardModelSpec, adapter_sha256: str | None) -> str:
-    """Stable id of a reward model: its spec (checkpoints by content, not path) and its adapter weights."""
-    fields = dataclasses.asdict(spec)
-    if fields["pretrained_sha256"]:
-        fields["pretrained"] = None  # the path may move; the hash identifies the weights
-    return sha256_text(canonical_json({"spec": fields, "adapter_sha256": adapter_sha256}))
-
-
-def read_spec(path: str | Path) -> RewardModelSpec:
-    """The spec of a reward-model directory, checked: its version, and (one line each) its default
-    temperature and threshold, which a hand edit could set to values that silently change every reward."""
-    file = Path(path) / SPEC_FILE
-    raw = read_json(file, "reward model spec")
-    if not isinstance(raw, dict) or raw.get("version") != REWARD_MODEL_VERSION:
-        raise VlmrError(f"{file}: version {raw.get('version') if isinstance(raw, dict) else None!r} "
-                        f"is not readable by this vlmr (reads version {REWARD_MODEL_VERSION})")
-    for key in ("temperature", "threshold"):
-        problem = reward_parameter_problem(key, raw[key]) if key in raw else None
-        if problem:
-            raise VlmrError(f"{file}: {problem} (the default for every goal without a calibration); restore the "
-                            "file or export the reward model again")
-    return build_config(RewardModelSpec, raw, str(file))
 
 
 def reward_model_id(path: str | Path) -> str:
@@ -152,13 +88,17 @@ class RewardModel(nn.Module):
         self.patch = patch_size(clip)
         self.spec = dataclasses.replace(spec, image_size=self.pre["size"][0])
         self.pretrained_path = pretrained_path  # absolute path of a checkpoint file, when there is one
-        self.model_id = identity_hash(self.spec, adapter_sha256)
+        self.model_id = identity_hash(self.spec, adapter_sha256)  # the saved model's: goals added later leave it
+        self.new_goals: list[str] = []  # goals outside the saved goal set, scored too (add_goals); after it in ids
         self.goal_to_index = {g: i for i, g in enumerate(self.spec.goals)}
         num_goals = len(self.spec.goals)
         self.register_buffer("temperatures", torch.full((num_goals,), float(spec.temperature)))
         self.register_buffer("thresholds", torch.full((num_goals,), float(spec.threshold)))
+        self.spec_path: Path | None = None  # the reward_model.json it was loaded from
         self.calibration: dict | None = None
+        self.calibration_path: Path | None = None
         self._text_cache: torch.Tensor | None = None
+        self._new_text_cache: torch.Tensor | None = None
         self.to(device)
 
     # ---------------------------------------------------------------- construction
@@ -175,10 +115,12 @@ class RewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, calibration: str | Path | None = None, device="cpu", merge_lora: bool = True,
-             strict: bool = False):
+             strict: bool = False, goals: list[str] | None = None):
         """Load a reward-model directory; the adapter (if any) is merged into the weights for fast inference.
 
-        strict: a calibration whose binary reward has goals without a guaranteed threshold is an error.
+        strict: a calibration whose binary reward has goals without a guaranteed threshold is an error, and so
+        are goals outside the calibrated goal set. goals: sentences to score besides the saved goal set
+        (add_goals); saved goals among them are scored as before.
         """
         from peft import PeftModel
 
@@ -202,12 +144,16 @@ class RewardModel(nn.Module):
                 clip = clip.merge_and_unload()
             clip.eval()
         model = cls(clip, tokenizer, spec, ckpt, adapter_sha, device)
+        model.spec_path = path / SPEC_FILE
         if calibration is not None:
             model.load_calibration(calibration, strict=strict)
+        if goals:
+            model.add_goals(goals, strict=strict)
         return model
 
     def save(self, path: str | Path, full_weights: bool = False) -> Path:
-        """Write the reward-model directory atomically. full_weights=True stores the whole CLIP in the dir."""
+        """Write the reward-model directory atomically. full_weights=True stores the whole CLIP in the dir.
+        Goals added with add_goals are not written: they are not part of the goal set the model was made for."""
         from peft import PeftModel
         from safetensors.torch import save_file
 
@@ -231,13 +177,13 @@ class RewardModel(nn.Module):
             elif self.pretrained_path is not None:
                 rel = Path(_relpath(self.pretrained_path, path))
                 spec = dataclasses.replace(spec, pretrained=str(rel))
-            (tmp / SPEC_FILE).write_text(canonical_json(dataclasses.asdict(spec)))
+            (tmp / SPEC_FILE).write_text(canonical_json(spec_file_fields(spec)))
         self.model_id = identity_hash(spec, adapter_sha)
         return path
 
     # ---------------------------------------------------------------- calibration
     def set_calibration(self, temperatures, thresholds) -> None:
-        """Per-goal temperatures and thresholds in goal-set order (or one value for every goal)."""
+        """Per-goal temperatures and thresholds in the order of `goals` (or one value for every goal)."""
         for key, values in (("temperature", temperatures), ("threshold", thresholds)):
             values = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
             if len(values) not in (1, len(self.goals)):
@@ -250,7 +196,9 @@ class RewardModel(nn.Module):
         self.thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
     def load_calibration(self, path: str | Path, strict: bool = False) -> None:
+        """Per-goal values for the saved goals; goals added with add_goals get the pooled fit (not calibrated)."""
         data = read_calibration(path, model_id=self.model_id, goals=self.spec.goals)
+        pooled = pooled_fit(data, path) if self.new_goals else None
         entries = data["goals"]
         weak = [g for g in self.spec.goals if entries[g].get("guaranteed") is False]
         if weak and self.spec.reward_mode == "binary":  # a 0/1 reward is only as good as its threshold
@@ -260,14 +208,44 @@ class RewardModel(nn.Module):
                           f"): {', '.join(repr(g) for g in weak[:5])}{' ...' if len(weak) > 5 else ''}. Their binary "
                           "reward may pay for wrong frames; collect more val positives and recalibrate (its report "
                           "says how many each goal needs)", strict)
-        self.set_calibration([entries[g]["temperature"] for g in self.spec.goals],
-                             [entries[g]["threshold"] for g in self.spec.goals])
-        self.calibration = data
+        if pooled:
+            warn_uncalibrated(path, self.new_goals, *pooled, strict)
+        extra = [pooled] * len(self.new_goals)
+        self.set_calibration([entries[g]["temperature"] for g in self.spec.goals] + [t for t, _ in extra],
+                             [entries[g]["threshold"] for g in self.spec.goals] + [b for _, b in extra])
+        self.calibration, self.calibration_path = data, Path(path)
+
+    def add_goals(self, goals: list[str] | str, strict: bool = False) -> list[str]:
+        """Score goal sentences outside the saved goal set too; returns those that were new (module new_goals).
+
+        A new goal's softmax runs over the saved candidates plus itself; with a calibration it gets the pooled
+        fit and is not `calibrated` (a warning; strict: an error)."""
+        new = check_new_goals(self.spec, goals, self.goal_to_index)
+        if not new:
+            return []
+        warn_prompt_rule(self.spec, self.spec_path, new, strict)
+        tau, beta = float(self.spec.temperature), float(self.spec.threshold)
+        if self.calibration is not None:
+            tau, beta = pooled_fit(self.calibration, self.calibration_path)
+            warn_uncalibrated(self.calibration_path, new, tau, beta, strict)
+        for g in new:
+            self.goal_to_index[g] = len(self.goal_to_index)
+        self.new_goals = self.new_goals + new
+        self.temperatures = torch.cat([self.temperatures, self.temperatures.new_full((len(new),), tau)])
+        self.thresholds = torch.cat([self.thresholds, self.thresholds.new_full((len(new),), beta)])
+        self._new_text_cache = None
+        return new
+
+    @property
+    def calibrated(self) -> dict[str, bool]:
+        """Per goal: whether a loaded calibration fitted its temperature and threshold (never for new goals)."""
+        return {g: self.calibration is not None and i < len(self.spec.goals) for i, g in enumerate(self.goals)}
 
     # ---------------------------------------------------------------- scoring
     @property
     def goals(self) -> list[str]:
-        return self.spec.goals
+        """Every goal this model scores: the saved goal set, then goals added with add_goals."""
+        return self.spec.goals + self.new_goals if self.new_goals else self.spec.goals
 
     @property
     def device(self) -> torch.device:
@@ -293,7 +271,8 @@ class RewardModel(nn.Module):
                 if isinstance(g, str):
                     if g not in self.goal_to_index:
                         raise VlmrError(f"goal {g!r} is not in this reward model's goal set "
-                                        f"({len(self.goals)} goals, e.g. {self.goals[:3]})")
+                                        f"({len(self.goals)} goals, e.g. {self.goals[:3]}); add it with "
+                                        "RewardModel.load(..., goals=[...]) or add_goals (`vlmr score --goal`)")
                     idx_list.append(self.goal_to_index[g])
                 elif isinstance(g, (int, np.integer)) and not isinstance(g, (bool, np.bool_)):
                     idx_list.append(int(g))
@@ -307,16 +286,30 @@ class RewardModel(nn.Module):
         return idx.to(self.device)
 
     def invalidate_text_cache(self) -> None:
-        self._text_cache = None
+        self._text_cache = self._new_text_cache = None
 
     @torch.inference_mode()
     def text_embeddings(self) -> torch.Tensor:
-        """(C, D) candidate embeddings, goals first then negatives; computed once, then cached."""
+        """(C, D) saved candidate embeddings, goals first then negatives; computed once, then cached."""
         if self._text_cache is None:
             with self._autocast():
                 self._text_cache = encode_candidates(self.clip, self.tokenizer, candidate_prompts(self.spec),
                                                      self.device).float()
         return self._text_cache
+
+    @torch.inference_mode()
+    def new_goal_embeddings(self) -> torch.Tensor:
+        """(K, D) embeddings of the goals added with add_goals, apart from the saved ones so those stay as they were."""
+        if self._new_text_cache is None or len(self._new_text_cache) != len(self.new_goals):
+            with self._autocast():
+                self._new_text_cache = (encode_candidates(self.clip, self.tokenizer, [new_goal_prompts(self.spec, g)
+                                        for g in self.new_goals], self.device).float() if self.new_goals
+                                        else self.text_embeddings()[:0])
+        return self._new_text_cache
+
+    def goal_embeddings(self) -> torch.Tensor:
+        """(len(goals), D) text embeddings of every goal, in the order of `goals`."""
+        return torch.cat([self.text_embeddings()[:len(self.spec.goals)], self.new_goal_embeddings()])
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -330,8 +323,14 @@ class RewardModel(nn.Module):
 
     @torch.inference_mode()
     def similarities(self, frames) -> torch.Tensor:
-        """(N, C) cosine similarities of each frame to every candidate caption."""
-        return self.embed_images(frames) @ self.text_embeddings().T
+        """(N, C + K) cosine similarities of each frame to every saved candidate caption, then to each new goal."""
+        x = self.embed_images(frames)
+        sims = x @ self.text_embeddings().T
+        return torch.cat([sims, x @ self.new_goal_embeddings().T], dim=1) if self.new_goals else sims
+
+    def _log_probs(self, sims, idx) -> torch.Tensor:
+        saved = len(self.spec.goals) + len(self.spec.negatives)
+        return mixed_goal_log_probs(sims, idx, self.temperatures[idx], len(self.spec.goals), saved)
 
     def _check_batch(self, frames, idx):
         check_frames(frames)  # first: a single H x W x 3 frame would count as H frames below
@@ -344,24 +343,30 @@ class RewardModel(nn.Module):
         """P(g_n | o_n) for each frame n with its own goal g_n: (N,)."""
         idx = self.goal_index(goal_ids)
         self._check_batch(frames, idx)
-        return goal_log_probs(self.similarities(frames), idx, self.temperatures[idx]).exp()
+        return self._log_probs(self.similarities(frames), idx).exp()
 
     @torch.inference_mode()
     def all_probs(self, frames) -> torch.Tensor:
-        """P(g | o_n) for every goal g: (N, G)."""
-        return all_goal_log_probs(self.similarities(frames), self.temperatures).exp()
+        """P(g | o_n) for every goal g of `goals`: (N, G + K)."""
+        sims, num_goals = self.similarities(frames), len(self.spec.goals)
+        saved = all_goal_log_probs(sims[:, :num_goals + len(self.spec.negatives)], self.temperatures[:num_goals])
+        if not self.new_goals:
+            return saved.exp()
+        new = new_goal_log_probs(sims, self.temperatures[num_goals:], num_goals + len(self.spec.negatives))
+        return torch.cat([saved, new], dim=1).exp()
 
     @torch.inference_mode()
     def reward(self, frames, goal_ids) -> torch.Tensor:
         """Reward of each frame for its own goal, by `spec.reward_mode`: (N,)."""
         idx = self.goal_index(goal_ids)
         self._check_batch(frames, idx)
-        if self.spec.reward_mode == "goal_baseline":
+        if self.spec.reward_mode == "goal_baseline":  # the baseline is the saved model's, new goals or not
             text = self.text_embeddings()
-            num_goals = len(self.goals)
+            num_goals = len(self.spec.goals)
             baseline = normalize((text[num_goals:] if len(self.spec.negatives) else text[:num_goals]).mean(0))
-            return goal_baseline_reward(self.embed_images(frames), text[idx], baseline, self.spec.alpha)
-        p = goal_log_probs(self.similarities(frames), idx, self.temperatures[idx]).exp()
+            return goal_baseline_reward(self.embed_images(frames), self.goal_embeddings()[idx], baseline,
+                                        self.spec.alpha)
+        p = self._log_probs(self.similarities(frames), idx).exp()
         return binary_reward(p, self.thresholds[idx]) if self.spec.reward_mode == "binary" else p
 
 

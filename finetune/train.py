@@ -6,11 +6,17 @@
     vlmr finetune configs/finetune/babyai_lora.yaml model.pretrained=null name=babyai_random  # random-init control
     vlmr finetune configs/finetune/babyai_lora.yaml logger=csv trainer.devices=2 trainer.strategy=ddp
     vlmr finetune configs/finetune/crafter_lora.yaml
+    vlmr finetune configs/finetune/babyai_lora.yaml name=refined init_adapter=runs/babyai/reward_model \
+        data.mix_dir=data/babyai_rollouts data.mix_ratio=0.3   # on-policy refinement: from the parent's LoRA
 
 Writes runs/<name>/: run.json (config, seed, versions, git commit), checkpoints/last.ckpt,
 the logger's files (wandb/ offline by default, or csv/), reward_model/ (peft adapter +
 reward_model.json, or full weights when `lora: null`), summary.json. A rerun resumes from
 checkpoints/last.ckpt (resume: true) and continues the step count.
+
+init_adapter starts a new run (step 0, fresh optimiser) from a reward model's LoRA adapter
+(vlmr.finetune.parent); data.mix_dir replaces a data.mix_ratio share of the training samples with
+another dataset's (vlmr.finetune.datamodule). run.json and summary.json record `parent_adapter` and `mix`.
 
 What a resume may change (vlmr.finetune.resume; docs/DESIGN.md, "Resuming a run"): changed model,
 lora, loss, seed, data (its shards, batch_size, shuffle_buffer) or number of processes are refused
@@ -27,11 +33,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pydantic import Field
 from vlmr.finetune.augment import AugmentSection
 from vlmr.finetune.export import to_reward_model
 from vlmr.finetune.lit_module import (
@@ -42,6 +49,7 @@ from vlmr.finetune.lit_module import (
     OptimSection,
 )
 from vlmr.finetune.lora import LoraSection
+from vlmr.finetune.parent import start_from_parent
 from vlmr.finetune.resume import check_resume, run_record
 from vlmr.finetune.validation import SUMMARY_KEYS
 
@@ -63,6 +71,9 @@ class DataSection:
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer for train
     select_fraction: float = 0.0  # share of train env seeds carved out as the `select` split, which validation
     # then runs on (never val, the split calibration fits on); needed by trainer.early_stopping
+    mix_dir: str | None = None  # a second dataset (e.g. agents' rollouts; same goal set and image size) mixed into
+    # the training stream; validation stays on dir's select/val split
+    mix_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5  # share of training samples drawn from mix_dir, in [0, 1]
 
 
 @config_dataclass
@@ -118,6 +129,7 @@ class FinetuneConfig:
     resume: bool = True  # continue from checkpoints/last.ckpt when it exists; false = start over
     save_merged: bool = False  # also write reward_model_merged/ with LoRA merged into full weights
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
+    init_adapter: str | None = None  # reward-model dir (LoRA) whose adapter this new run starts from (finetune/parent.py)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -251,7 +263,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
     check_writable(run_dir, "run folder")  # before the data is read or a step is trained
     dm = ShardDataModule(cfg.data.dir, goals=cfg.model.goals, batch_size=cfg.data.batch_size,
                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.seed,
-                         strict=cfg.strict, select_fraction=cfg.data.select_fraction)
+                         strict=cfg.strict, select_fraction=cfg.data.select_fraction, mix_dir=cfg.data.mix_dir,
+                         mix_ratio=cfg.data.mix_ratio)
     if tc.early_stopping is not None and cfg.data.select_fraction == 0:
         raise VlmrError(f"run {cfg.name}: trainer.early_stopping picks a checkpoint, so it needs a split of its own: "
                         "set data.select_fraction (e.g. 0.1) to carve a select split from train; it must not be "
@@ -265,18 +278,25 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                             f"logged by validation: it is none of its metrics; use one of {', '.join(known)} (or val/auroc/<goal>, val/ap/<goal>)")
     for split in ("train",) if dm.val_split == "select" else ("train", "val"):  # select is read from train
         dm.verify(split)  # a missing split or shard fails here, not mid-training; damaged shards are counted
+    if dm.mix_dir is not None:
+        dm.verify_mix()
     if last.is_file() and not cfg.resume:
         print(f"resume=false: starting over; removing the old checkpoints in {ckpt_dir}")
         shutil.rmtree(ckpt_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = prepare_base(cfg, run_dir)
+    parent = None
+    if cfg.init_adapter is not None:  # a new run from a parent's LoRA weights: lora becomes the adapter's
+        cfg, model_cfg, parent = start_from_parent(cfg, model_cfg)
     module = ClipFinetuneModule(dm.goals, model=dataclasses.asdict(model_cfg),
                                 lora=dataclasses.asdict(cfg.lora) if cfg.lora is not None else None,
                                 loss=dataclasses.asdict(cfg.loss), optim=dataclasses.asdict(cfg.optim),
                                 max_steps=tc.max_steps,
-                                augment=dataclasses.asdict(cfg.augment) if cfg.augment is not None else None)
-    info = run_info(config_to_dict(cfg), cfg.seed)
+                                augment=dataclasses.asdict(cfg.augment) if cfg.augment is not None else None,
+                                init_adapter=parent and parent.path)
+    info = run_info(config_to_dict(cfg), cfg.seed) | {"parent_adapter": parent and parent.record,
+                                                      "mix": dm.mix_record()}
     logger = lightning_logger(cfg.logger, run_dir, info, cfg.wandb_project, cfg.name, cfg.resume,
                               rank=pl.utilities.rank_zero_only.rank)
     throughput = Throughput()
@@ -304,7 +324,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
         enable_progress_bar=tc.progress_bar if progress is None else progress,
     )
     ckpt_path = str(last) if cfg.resume and last.is_file() else None
-    module.run_record = {"config": run_record(cfg, dm.manifest, world), "resumes": []}
+    module.run_record = {"config": run_record(cfg, dm.manifest, world, dm.mix_manifest, parent and parent.model_id),
+                         "resumes": []}
     if ckpt_path:  # refuse changed settings that would mix two runs; apply and record the optimisation ones
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
         module.run_record["resumes"] = check_resume(saved, module.run_record["config"], cfg, trainer.is_global_zero)
@@ -354,10 +375,11 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
                "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
                "total_params": sum(p.numel() for p in module.clip.parameters()),
                "reward_model": str(run_dir / "reward_model"),
-               "skipped_samples": dm.skipped_by_split}  # damaged samples left out (this process and its workers)
+               "skipped_samples": dm.skipped_by_split,  # damaged samples left out (this process and its workers)
+               "parent_adapter": parent and parent.record, "mix": dm.mix_record()}
     if trainer.is_global_zero:
         module.cpu()
-        rm = to_reward_model(module, with_adapter=steps_trained > 0)
+        rm = to_reward_model(module, with_adapter=steps_trained > 0 or parent is not None)
         rm.save(run_dir / "reward_model", full_weights=cfg.lora is None)
         if cfg.save_merged and cfg.lora is not None and steps_trained > 0:
             rm.save(run_dir / "reward_model_merged", full_weights=True)

@@ -11,7 +11,7 @@ from vlmr.rl.experiments.capability import (
     plot_capability,
     scaling_points,
 )
-from vlmr.rl.experiments.scaling_report import agents_of, write_outputs
+from vlmr.rl.experiments.scaling_report import agents_of, budget_table, plot_curves, write_outputs
 
 from vlmr.core.errors import VlmrError
 
@@ -130,3 +130,19 @@ def rm_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     return str(RewardModel.create("vlmr-tiny", family_goals("goto")).save(tmp_path_factory.mktemp("rm") / "zs"))
+
+
+def test_learning_curves_plot_and_budget_table_from_rows(tmp_path):
+    curve = [{"step": 100, "value": 2.0}, {"step": 200, "value": 1.5}, {"step": 300, "value": None}]
+    training = {"base": {"steps": 600, "best_step": 200, "stopped_early": True, "train_seconds": 61.0,
+                         "monitor": "val/loss_contrastive", "curve": curve},
+                "adapted": {"steps": 2000, "best_step": 2000, "stopped_early": False, "train_seconds": 90.0,
+                            "monitor": "val/own_goal_auroc", "curve": []}}
+    table_rows = [{"arch": "small", "training": training, "chain_seconds": 1800.0},
+                  {"arch": "big", "training": {}, "chain_seconds": 5400.0}]
+    assert plot_curves(table_rows, tmp_path / "curves.png").stat().st_size > 1000
+    assert plot_curves([{"arch": "x", "training": {}}], tmp_path / "none.png") is None  # nothing recorded
+    table = "\n".join(budget_table(table_rows))
+    assert "| small | base | val/loss_contrastive | 600 | 200 | yes | 61 |" in table
+    assert "| small | adapted | val/own_goal_auroc | 2000 | 2000 | no (hit max_steps) | 90 |" in table
+    assert "2.00 h of stage wall time over 2 chains (small 30 min, big 90 min)" in table

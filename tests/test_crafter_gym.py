@@ -84,8 +84,10 @@ def test_vector_env_errors_name_the_fix():
     with pytest.raises(VlmrError, match="unknown goals"):
         make_vector_env("vlmr/CrafterGoal-v0", 1, AutoresetMode.SAME_STEP, obs_mode="pixels",
                         env_kwargs={"goals": ["eat cow"]})
-    with pytest.raises(VlmrError, match="takes none"):
+    with pytest.raises(VlmrError, match=r"env_kwargs goals \['x'\]: not missions of BabyAI-GoToObj-v0"):
         make_vector_env("BabyAI-GoToObj-v0", 1, AutoresetMode.SAME_STEP, env_kwargs={"goals": ["x"]})
+    with pytest.raises(VlmrError, match=r"env_kwargs \['max_steps'\]: BabyAI-GoToObj-v0 takes only \['goals'\]"):
+        make_vector_env("BabyAI-GoToObj-v0", 1, AutoresetMode.SAME_STEP, env_kwargs={"max_steps": 3})
     with pytest.raises(ValueError, match="unknown actions"):
         PPOConfig(env_id="vlmr/CrafterGoal-v0", actions=["forward"])
 

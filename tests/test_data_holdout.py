@@ -21,6 +21,13 @@ def test_the_rule_holds_out_one_in_three_pairs_and_keeps_every_word_seen():
         assert any(word in g for g in seen), word
 
 
+def test_the_rule_holds_a_pair_out_in_every_family_that_names_it():
+    both = GOTO + goal_set("BabyAI-PickupLoc-v0")
+    held = resolve_holdout("one_in_three_pairs", both)
+    assert len(held) == 12 and "go to the red ball" in held and "pick up the red ball" in held
+    assert held_pairs(held) == held_pairs([g for g in held if g.startswith("go to")])
+
+
 @pytest.mark.parametrize("spec, message", [
     (["go to the red ball", "go to the red box", "go to the red key"], r"colour\(s\) \['red'\] unseen"),
     (["go to the pink ball"], "not in the goal set"),

@@ -112,3 +112,77 @@ def test_errors(models, babyai_dataset, tmp_path, capsys):
     fewer = RewardModel.create("vlmr-tiny", goals[:3]).save(tmp_path / "fewer")
     with pytest.raises(VlmrError, match="goal sets differ"):
         main(["--model", str(fewer), *data])
+
+
+# ------------------------------------------------------------------------------------------------ paraphrases
+PARAPHRASES = ["stand right in front of the {color} {type}", "go to the {color} {type}"]  # the second: no change
+
+
+def test_paraphrases_report_auroc_per_wording(models, babyai_dataset, tmp_path, capsys):
+    from vlmr.rl.collect.rerender import main as evaluate_cli
+
+    out = tmp_path / "results.json"
+    args = ["--model", str(models[0]), "--calibration", "auto", "--name", "calibrated", "--model", str(models[1]),
+            "--data", str(babyai_dataset), "--out", str(out), "--quiet"]
+    assert evaluate_cli([*args, *(x for t in PARAPHRASES for x in ("--paraphrase", t))]) == 0
+    printed = capsys.readouterr().out
+    results = read_results(out)
+    assert results["paraphrases"] == PARAPHRASES
+    for m in results["models"]:
+        original, reworded, same = m["wordings"]
+        assert [w["wording"] for w in m["wordings"]] == ["original", *PARAPHRASES]
+        assert all(w["goals"] == 18 for w in m["wordings"])  # every goal parses
+        macro = m["metrics"]["macro"]
+        assert original["auroc_own_goal"] == macro["own_goal"]["auroc"]
+        assert original["auroc_pooled"] == macro["pooled"]["auroc"]
+        # the unchanged wording scores the same captions, so the same AUROC: the columns line up
+        assert (same["auroc_own_goal"], same["auroc_pooled"]) == (original["auroc_own_goal"], original["auroc_pooled"])
+        assert reworded["reworded"]["go to the red ball"] == "stand right in front of the red ball"
+        assert reworded["auroc_pooled"] != original["auroc_pooled"]  # other captions, other scores
+    assert "AUROC by mission wording" in printed and "| stand right in front of the {color} {type} |" in printed
+    # without paraphrases, the results are as before: nothing about wordings
+    assert evaluate_cli([*args]) == 0 and "wordings" not in read_results(out)["models"][0]
+
+
+def test_a_reworded_goal_is_scored_without_its_original_wording(models, babyai_dataset):
+    """By hand: a model whose goal set is the reworded sentences, with the same weights and temperatures."""
+    from vlmr.calibrate.metrics import evaluate_scores
+    from vlmr.rl.collect.rerender import evaluate as run_evaluate
+    from vlmr.rl.envs.babyai_goals import goal_slots
+
+    res = run_evaluate(EvaluateConfig(models=[{"dir": str(models[1])}], data=str(babyai_dataset),
+                                      paraphrases=PARAPHRASES[:1], limit=64), progress=False)
+    rm = RewardModel.load(models[1])
+    goals = rm.goals
+    reworded = RewardModel(rm.clip, rm.tokenizer, rm.spec.__class__(
+        arch=rm.spec.arch, goals=[PARAPHRASES[0].format(**goal_slots(g)) for g in goals], negatives=rm.spec.negatives))
+    arrays = load_split_arrays(babyai_dataset, "test", goals=goals, limit=64)
+    sims = reworded.similarities(arrays.frames).numpy()
+    m = evaluate_scores(sims, arrays.labels, arrays.own_goal, rm.temperatures, rm.thresholds, goals)
+    wording = res["models"][0]["wordings"][1]
+    assert wording["auroc_own_goal"] == pytest.approx(m["macro"]["own_goal"]["auroc"], abs=1e-6)
+    assert wording["auroc_pooled"] == pytest.approx(m["macro"]["pooled"]["auroc"], abs=1e-6)
+
+
+def test_paraphrase_errors(models, babyai_dataset):
+    from vlmr.calibrate.paraphrases import reword
+
+    base = {"models": [{"dir": str(models[0])}], "data": str(babyai_dataset)}
+    for template in ("stand near it", "stand near the {colour} {type}", "face the {type}"):
+        with pytest.raises(VlmrError, match=r"must name \{color\} and \{type\} once each") as err:
+            EvaluateConfig(**base, paraphrases=[template])
+        assert "\n" not in str(err.value)
+    with pytest.raises(VlmrError, match="need the environment's goal parser"):
+        evaluate(EvaluateConfig(**base, paraphrases=PARAPHRASES[:1]), progress=False)
+
+    def slots(g):
+        return dict(zip(("color", "type"), g.split()[-2:])) if g != "dance" else None
+
+    with pytest.raises(VlmrError, match="words 'go to the red ball' and 'pick up the red ball' alike"):
+        reword(["go to the red ball", "pick up the red ball"], [], "reach the {color} {type}", slots, "m")
+    with pytest.raises(VlmrError, match="another of m's captions"):
+        reword(["go to the red ball", "a red ball"], [], "a {color} {type}", slots, "m")
+    with pytest.raises(VlmrError, match="none of the 1 goals of m parses"):
+        reword(["dance"], [], "a {color} {type}", slots, "m")
+    assert reword(["go to the red ball", "dance"], [], "reach the {color} {type}", slots, "m") == {
+        "go to the red ball": "reach the red ball"}

@@ -58,6 +58,9 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, capsys):
     assert adapted["test_quality"]["view"] == "own-goal" and adapted["test_quality"]["auroc"] is not None
     spec = json.loads((tmp_path / "runs/smoke/zero_shot/reward_model/reward_model.json").read_text())
     assert spec["goal_prompts"]["go to the red ball"] == ["a red ball right in front of you"]
+    assert "| reward model | guaranteed goals |" in text and "| adapted | " in text  # guarantees on test
+    # the rule that made them is stored too, so a goal added at load is prompted alike
+    assert spec["version"] == 2 and spec["goal_templates"]["goto"]["prompts"] == ["a {color} {type} right in front of you"]
 
     capsys.readouterr()
     pipeline(load_config(PipelineConfig, write_config(tmp_path, adapt_steps=2)))
@@ -86,7 +89,8 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
     path.write_text(yaml.safe_dump({"name": "study", "pipeline": write_config(tmp_path, adapt_steps=2),
                                     "runs_dir": str(tmp_path / "runs"),
                                     "models": [{"arch": "vlmr-tiny", "image_size": 64, "frame_size": 48}],
-                                    "set": {"compare": None}}))
+                                    "set": {"compare": None,
+                                            "paraphrases": ["stand right in front of the {color} {type}"]}}))
     report = scaling(load_config(ScalingConfig, str(path)))
     results = json.loads((tmp_path / "runs/study/results.json").read_text())
     (row,) = results["rows"]
@@ -106,6 +110,19 @@ def test_scaling_runs_a_chain_per_model_and_plots(tmp_path):
             for d in (tmp_path / "data").iterdir()}
     assert sorted(m["image_size"] for m in data.values()) == [48, 64]
     assert row["frame_size"] == 48 and "| vlmr-tiny | " in report.read_text() and "| 48 | 64 |" in report.read_text()
+    # budgets and guarantees travel in the row; a size whose chain folder is gone keeps its row on --plot-only
+    assert "AUROC by mission wording" in (tmp_path / "runs/study_vlmr-tiny/report.md").read_text()
+    assert [w["wording"] for w in adapted["wordings"]] == ["original", "stand right in front of the {color} {type}"]
+    assert row["training"]["adapted"]["steps"] == 2 and row["chain_seconds"] > 0
+    guarantee = row["arms"]["adapted"]["guarantee"]
+    assert 0 <= guarantee["guaranteed"] <= guarantee["fitted"] == len(adapted["metrics"]["per_goal"])
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs/study_vlmr-tiny")
+    again = scaling(load_config(ScalingConfig, str(path)), plot_only=True).read_text()
+    (kept,) = json.loads((tmp_path / "runs/study/results.json").read_text())["rows"]
+    assert kept["kept_from_previous_results"] and kept["arms"] == row["arms"]
+    assert "come from an earlier results.json" in again
 
 
 def test_unusable_base_pretrained_fails_before_any_stage(tmp_path):

@@ -3,6 +3,10 @@
     vlmr models [--all] [--json]
     vlmr score --arch vlmr-tiny --goal "go to the red ball" --goal "open the blue door" a.png b.png
     vlmr score --model runs/demo/adapted --calibration runs/demo/adapted/calibration.json data/demo/test-000000.tar --limit 20
+    vlmr score --model runs/demo/adapted --goal "go to the purple box" frame.png   # a goal outside the saved set
+
+With --model, a --goal outside the model's goal set is scored too: against the saved candidates plus itself,
+at the calibration's pooled temperature and threshold, and shown as not calibrated (--strict refuses it).
 
 A shard is checked like every dataset reader checks it: its sha256 against the manifest.json beside it (when one
 lists it) and each frame against its stored frame hash; any damage is a one-line error, never partial scores.
@@ -119,7 +123,9 @@ def score_main(argv: list[str]) -> int:
     src.add_argument("--model", help="reward-model directory")
     src.add_argument("--arch", help="open_clip architecture for a zero-shot model (with --pretrained)")
     parser.add_argument("--pretrained", help="open_clip tag or checkpoint path, with --arch")
-    parser.add_argument("--goal", action="append", default=[], help="a goal sentence (repeatable)")
+    parser.add_argument("--goal", action="append", default=[],
+                        help="a goal sentence (repeatable); with --model, goals outside its goal set are scored too, "
+                             "marked not calibrated")
     parser.add_argument("--negative", action="append", default=[], help="a negative caption (repeatable), with --arch")
     parser.add_argument("--calibration", help="calibration.json for --model")
     parser.add_argument("--limit", type=int, help="score at most this many frames")
@@ -132,8 +138,11 @@ def score_main(argv: list[str]) -> int:
         if value is not None and value < 1:
             raise VlmrError(f"{flag} must be >= 1, got {value}")
 
+    from vlmr.calibrate.fit import cli_warnings
+
     if args.model:
-        rm = RewardModel.load(args.model, calibration=args.calibration, strict=args.strict)
+        with cli_warnings():  # unguaranteed or uncalibrated goals: one "warning: ..." line each
+            rm = RewardModel.load(args.model, calibration=args.calibration, strict=args.strict, goals=args.goal)
     else:
         if not args.goal:
             raise VlmrError("--arch needs at least one --goal")
@@ -142,8 +151,6 @@ def score_main(argv: list[str]) -> int:
         rm = RewardModel.create(args.arch, args.goal, pretrained=args.pretrained, negatives=args.negative)
     goals = args.goal or rm.goals
     rm.goal_index(goals)  # unknown goals fail here, before any scoring
-    from vlmr.calibrate.fit import cli_warnings
-
     with cli_warnings():  # a shard without a manifest to check it against: one "warning: ..." line
         items = load_inputs(args.inputs, args.limit)
 
@@ -161,11 +168,17 @@ def score_main(argv: list[str]) -> int:
                 results.append({"input": chunk[i][0], "probs": {g: probs[g][j] for g in goals},
                                 "rewards": {g: rewards[g][j] for g in goals}})
     if args.json:
-        print(json.dumps({"model_id": rm.model_id, "reward_mode": rm.spec.reward_mode, "results": results}, indent=2))
+        calibrated = rm.calibrated
+        print(json.dumps({"model_id": rm.model_id, "reward_mode": rm.spec.reward_mode,
+                          "calibrated": {g: calibrated[g] for g in goals}, "new_goals": rm.new_goals,
+                          "results": results}, indent=2))
         return 0
     print(f"reward model {rm.model_id[:12]} ({rm.spec.arch}), mode {rm.spec.reward_mode}; P(g|o), * = reward >= threshold")
+    print(f"  {'':<5} {'calibrated':<18} goal")
     for k, g in enumerate(goals):
-        print(f"  [{k}] {g}")
+        cal = ("yes" if rm.calibrated[g] else "no: new, pooled fit" if rm.calibration and g in rm.new_goals
+               else "no: new goal" if g in rm.new_goals else "no")
+        print(f"  {'[' + str(k) + ']':<5} {cal:<18} {g}")
     print(f"{'input':<40} " + " ".join(f"{'[' + str(k) + ']':>9}" for k in range(len(goals))))
     for r in results:
         cells = [f"{r['probs'][g]:8.3f}{'*' if r['probs'][g] >= float(rm.thresholds[rm.goal_to_index[g]]) else ' '}"

@@ -97,12 +97,13 @@ def goal_vocabulary(cfg: PPOConfig, reward_model):
     if cfg.goal_model is not None and (reward_model is None or Path(cfg.goal_model) != Path(cfg.reward_model)):
         from vlmr.finetune.reward_model import RewardModel
 
-        model = RewardModel.load(cfg.goal_model, device=cfg.device)
+        # the env's missions outside its goal set are embedded as new goals (only the text tower is used here)
+        model = RewardModel.load(cfg.goal_model, device=cfg.device, goals=env_goal_set(cfg.env_id, cfg.env_kwargs))
     if model is None:
         raise VlmrError("goal_encoding=text takes goal embeddings from a reward model, and the ground-truth reward "
                         "has none: set goal_model=DIR (a reward-model dir used only for its text embeddings) or "
                         "goal_encoding=onehot")
-    table = model.text_embeddings()[: len(model.goals)].detach().cpu().clone()
+    table = model.goal_embeddings().detach().cpu().clone()
     return list(model.goals), table, f"text:{model.model_id[:12]}"
 
 

@@ -50,7 +50,6 @@ from vlmr.core.config import (
     config_to_dict,
     stage_main,
 )
-from vlmr.core.errors import VlmrError
 from vlmr.core.files import atomic_write_json, check_writable, sha256_file, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
 from vlmr.core.reporting import fmt
@@ -212,11 +211,10 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     if cfg.reward_model:
         reward_model = RewardModel.load(cfg.reward_model, calibration=cfg.calibration, device=device,
                                        strict=cfg.strict)
-        known = env_goal_set(cfg.env_id, cfg.env_kwargs)
-        missing = sorted(set(known or []) - set(reward_model.goals))
-        if missing:
-            raise VlmrError(f"reward model {cfg.reward_model}: its goal set does not cover {cfg.env_id}'s missions "
-                            f"{missing[:5]} ({len(missing)} missing); use a reward model trained for this env")
+        # missions outside the model's goal set (held-out goals, say) are scored as new goals: the pooled fit,
+        # `calibrated: false`, a warning (strict: an error)
+        reward_model.add_goals([g for g in env_goal_set(cfg.env_id, cfg.env_kwargs) or [] if g not in
+                                reward_model.goals], strict=cfg.strict)
     goals, table, source = goal_vocabulary(cfg, reward_model)
     lookup = GoalLookup(goals, source)
     names = action_names(cfg.env_id)

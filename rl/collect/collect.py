@@ -64,7 +64,8 @@ class CollectConfig:
     out_dir: str = "data/shapes"  # folder for {split}-NNNNNN.tar shards and manifest.json
     env_id: str = ""  # environment id for source=babyai (e.g. BabyAI-GoToLocal-v0); crafter ignores it
     env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
-    goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals)
+    goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals; a
+    # family name such as goto or pickup stands for all its goals)
     view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | topdown (whole grid)
     image_size: PositiveInt = 64  # frame side in pixels, the reward model's input size
     frames: SplitFrames = dataclasses.field(default_factory=SplitFrames)  # frames per split

@@ -45,11 +45,12 @@ def resolve_holdout(spec: str | list[str] | None, goals: list[str]) -> list[str]
                             "goal sentences")
         from vlmr.rl.envs.babyai_goals import COLORS, OBJECT_TYPES
 
-        pairs = {p: g for g in goals if (p := _pair(g))}
+        pairs = {g: p for g in goals if (p := _pair(g))}
         if not pairs:
             raise VlmrError(f"holdout rule {spec!r} needs colour-object goals (BabyAI); this goal set has none: "
                             "give holdout_goals as a list of sentences")
-        held = [g for (c, t), g in pairs.items()
+        # a held-out pair is held out in every family that names it ("go to" and "pick up the red ball")
+        held = [g for g, (c, t) in pairs.items()
                 if c in COLORS and t in OBJECT_TYPES and (COLORS.index(c) + OBJECT_TYPES.index(t)) % 3 == 0]
     else:
         unknown = [g for g in spec if g not in goals]

@@ -84,11 +84,14 @@ def rerender_split(data_dir: str | Path, split: str, size: int, progress: bool =
 
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    """`vlmr evaluate`: cfg.render_size re-renders the split first (rerender_split), then scores as usual."""
+    """`vlmr evaluate`: cfg.render_size re-renders the split first (rerender_split), then scores as usual;
+    cfg.paraphrases reword goals with BabyAI's goal parser."""
     rendered = None
     if cfg.render_size is not None:
         rendered = rerender_split(cfg.data, cfg.split, cfg.render_size, progress=progress, strict=cfg.strict)
-    return evaluate_frames(cfg, progress=progress, rendered=rendered)
+    from vlmr.rl.envs.babyai_goals import goal_slots  # the paraphrases' {color} and {type}
+
+    return evaluate_frames(cfg, progress=progress, rendered=rendered, goal_slots=goal_slots)
 
 
 def main(argv: list[str] | None = None) -> int:

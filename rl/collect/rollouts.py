@@ -101,8 +101,8 @@ def find_agents(compare_dir: str | Path, arm: str) -> dict[int, Path]:
 
 def arm_reward(records: dict[int, dict], arm: str) -> dict:
     """The reward model and calibration the arm's agents trained on (the same for every seed, or an error)."""
-    keys = ("reward_model", "reward_model_id", "calibration", "calibration_sha256", "env_id", "image_size",
-            "terminate_on_reward")
+    keys = ("reward_model", "reward_model_id", "calibration", "calibration_sha256", "env_id", "env_kwargs",
+            "image_size", "terminate_on_reward")
     seen = {tuple(str(r.get(k)) for k in keys) for r in records.values()}
     if len(seen) > 1:
         raise VlmrError(f"the agents of arm {arm!r} were trained on different rewards or envs; rerun the arm with "
@@ -331,6 +331,7 @@ def record_rollouts(cfg: RolloutConfig, compare_dir: str | Path, out_dir: str | 
     from vlmr.finetune.reward_model import RewardModel
     from vlmr.rl.agent.policy import load_agent
     from vlmr.rl.agent.reward_wrapper import FrameCache
+    from vlmr.rl.agent.vector_envs import env_goal_set
 
     from vlmr.core.dataset import check_goal_sets
     from vlmr.core.provenance import run_info
@@ -349,6 +350,9 @@ def record_rollouts(cfg: RolloutConfig, compare_dir: str | Path, out_dir: str | 
         check_goal_sets(manifest["goals"], rm.goals, data_dir, f"reward model {reward_model} (arm {arm!r})",
                         holdout=manifest.get("holdout_goals"))
     goals = list(manifest["goals"]) if manifest else list(rm.goals)
+    # missions outside the model's goal set are scored as new goals, as in training (ppo.train)
+    rm.add_goals([g for g in env_goal_set(trained_on["env_id"], trained_on["env_kwargs"]) or [] if g not in rm.goals],
+                 strict=strict)
     results = {seed: read_json(p.parent / "result.json", "run result") for seed, p in paths.items()}
     check_seed_ranges(cfg, results, manifest, data_dir)
     identity = {"config": config_to_dict(cfg), "arm": arm, "goals": goals, "reward_model_id": rm.model_id,

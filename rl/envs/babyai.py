@@ -62,6 +62,7 @@ NAME = "babyai"
 ENV_ID_PREFIXES = ("BabyAI-", "MiniGrid-")
 OBS_MODES = ("symbolic", "pixels")
 ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")  # MiniGrid's Actions, in order
+ENV_OPTIONS = {"goals": "draw episodes only for these missions (a subset of the env's goal set, e.g. held-out goals)"}
 
 
 def _check_env_id(env_id: str) -> tuple[str, tuple[str, ...]]:
@@ -81,19 +82,62 @@ def check_env(env_id: str, obs_mode: str | None = None, env_kwargs: dict | None 
         raise VlmrError(f"unknown env_id {env_id!r}: not a registered MiniGrid id")
     if obs_mode is not None and obs_mode not in OBS_MODES:
         raise VlmrError(f"unknown obs_mode {obs_mode!r}; {env_id} has {', '.join(OBS_MODES)}")
-    if env_kwargs:
-        raise VlmrError(f"env_kwargs {sorted(env_kwargs)}: {env_id} takes none (env options belong to families "
-                        "that have them, e.g. vlmr/CrafterGoal-v0)")
+    unknown = sorted(set(env_kwargs or {}) - set(ENV_OPTIONS))
+    if unknown:
+        raise VlmrError(f"env_kwargs {unknown}: {env_id} takes only {sorted(ENV_OPTIONS)}")
+    if (env_kwargs or {}).get("goals") is not None:
+        mission_subset(env_id, env_kwargs["goals"])
 
 
 def goal_set(env_id: str, env_kwargs: dict | None = None) -> list[str] | None:
-    """The goals of a supported BabyAI id or a goal family ('goto', 'pickup', 'open'); None for other MiniGrid ids."""
+    """The goals of a supported BabyAI id (only env_kwargs' `goals` when given) or a goal family ('goto', 'pickup',
+    'open'); None for other MiniGrid ids."""
     if env_id in FAMILIES:
         return family_goals(env_id)
     if env_id.startswith("MiniGrid-"):
         return None
+    if (env_kwargs or {}).get("goals") is not None:
+        return mission_subset(env_id, env_kwargs["goals"])
     family, types = _check_env_id(env_id)
     return family_goals(family, types)
+
+
+def mission_subset(env_id: str, goals) -> list[str]:
+    """env_kwargs `goals` checked against env_id's goal set: episodes are then drawn only for these missions."""
+    goals = [goals] if isinstance(goals, str) else list(goals)
+    if not env_id.startswith("BabyAI-"):
+        raise VlmrError(f"env_kwargs goals: {env_id} has no goal set to draw missions from (BabyAI ids have)")
+    family, types = _check_env_id(env_id)
+    allowed = family_goals(family, types)
+    unknown = [g for g in goals if g not in allowed]
+    if unknown or not goals:
+        raise VlmrError(f"env_kwargs goals {unknown or goals}: not missions of {env_id} (e.g. {allowed[:2]}); "
+                        "give goal sentences of its goal set")
+    return goals
+
+
+class MissionFilter(gym.Wrapper):
+    """Episodes only for the missions in `goals`: a reset whose mission is outside them is redrawn.
+
+    A seeded reset (seed s) tries s, then s + k * SEED_STRIDE for k = 1, 2, ..., so held-out evaluation
+    seeds map to the same episodes in every run and never meet the small seeds of the other splits;
+    an unseeded reset (autoreset) redraws from the env's own generator, which stays reproducible.
+    """
+
+    SEED_STRIDE = 1_000_000_007  # far above every seed range vlmr uses (data splits, eval, rollouts)
+    MAX_TRIES = 1000  # a goal subset drawn 1 time in 18 needs ~18 tries on average
+
+    def __init__(self, env, goals: list[str]):
+        super().__init__(env)
+        self.goals = set(goals)
+
+    def reset(self, *, seed=None, options=None):
+        for k in range(self.MAX_TRIES):
+            obs, info = self.env.reset(seed=None if seed is None else seed + k * self.SEED_STRIDE, options=options)
+            if canonical_mission(self.env.unwrapped.mission) in self.goals:
+                return obs, info
+        raise VlmrError(f"{self.env.spec.id if self.env.spec else 'env'}: no mission in {sorted(self.goals)[:3]} "
+                        f"after {self.MAX_TRIES} resets; is the subset reachable in this env?")
 
 
 def canonical_mission(mission: str) -> str | None:
@@ -185,6 +229,8 @@ def make_env(env_id: str, image_size: int = 64, obs_mode: str | None = None, env
     if view not in VIEWS:
         raise VlmrError(f"unknown view {view!r}; views are {', '.join(VIEWS)}")
     env = Frames(gym.make(env_id), view, image_size)
+    if (env_kwargs or {}).get("goals") is not None:
+        env = MissionFilter(env, mission_subset(env_id, env_kwargs["goals"]))
     if memo_render and view == "egocentric":
         env = MemoRender(env, image_size)
     return PolicyObs(env, obs_mode) if obs_mode else env
@@ -308,7 +354,9 @@ class BabyAISource:
         self.env_ids = [env_id, *env_mix]
         self.envs = {e: make_env(e, image_size, view=view) for e in self.env_ids}
         self.view, self.image_size = view, image_size
-        self.goals = list(goals) if goals else goal_set(env_id)
+        # a family name ("goto", "pickup") stands for its goals: one data config can span families
+        self.goals = [x for g in goals for x in (family_goals(g) if g in FAMILIES else [g])] if goals \
+            else goal_set(env_id)
         for g in self.goals:
             parse_goal(g)
         self.goal_index = set(self.goals)

@@ -4,6 +4,7 @@
     goal_sentence("pickup", "blue", "key")   # 'pick up the blue key'
     family_goals("goto")                # the 18 'go to the {color} {ball|box|key}' goals
     state_captions(front=("red", "ball"), carrying=None)   # paraphrases of what the agent sees
+    goal_prompt_rules({"goto": ["a {color} {type} in front of you"]})   # the rule, as reward_model.json stores it
 
 Families (truth is decided by `vlmr.rl.envs.babyai.label_goals` from the env state):
   goto    "go to the {color} {type}"   the agent faces that object in the adjacent cell
@@ -29,6 +30,8 @@ FAMILIES = {
     "open": "open the {color} door",
 }
 _VERBS = {"go to": "goto", "pick up": "pickup", "open": "open"}
+_ARTICLES = ("the", "a", "an")
+_FAMILY_TYPES = {"goto": ALL_TYPES, "pickup": OBJECT_TYPES, "open": ("door",)}  # what parse_goal accepts
 _PATTERN = re.compile(
     r"^(go to|pick up|open)\s+(?:the|a|an)\s+(?:(" + "|".join(COLORS) + r")\s+)?(" + "|".join(ALL_TYPES) + r")$")
 
@@ -62,6 +65,12 @@ def try_parse_goal(sentence: str | None) -> Goal | None:
         return parse_goal(sentence)
     except VlmrError:
         return None
+
+
+def goal_slots(sentence: str) -> dict[str, str] | None:
+    """{"color", "type"} of a goal with a colour, else None: the slots of goal templates and paraphrases."""
+    goal = try_parse_goal(sentence)
+    return {"color": goal.color, "type": goal.type} if goal is not None and goal.color else None
 
 
 def goal_sentence(family: str, color: str, type_: str = "door") -> str:
@@ -137,3 +146,20 @@ def goal_prompts(goals: list[str], family_templates: dict[str, list[str]]) -> di
         if goal is not None and goal.color and family_templates.get(goal.family):
             prompts[sentence] = [t.format(color=goal.color, type=goal.type) for t in family_templates[goal.family]]
     return prompts
+
+
+def goal_prompt_rules(family_templates: dict[str, list[str]]) -> dict[str, dict]:
+    """The rule goal_prompts applies, as data (vlmr.finetune.goal_rules.GoalTemplate fields per family).
+
+    A reward model stores it (reward_model.json `goal_templates`), so a goal sentence outside its goal set
+    gets the prompts goal_prompts would give it, without this module: the patterns and slot values are
+    exactly what parse_goal accepts with a colour ("go to a ball" names none, so it gets no template).
+    """
+    unknown = sorted(set(family_templates) - set(FAMILIES))
+    if unknown:
+        raise VlmrError(f"goal templates name unknown families {unknown}; families are {', '.join(FAMILIES)}")
+    verbs = {family: verb for verb, family in _VERBS.items()}
+    return {family: {"goals": [f"{verbs[family]} {a} {{color}} {{type}}" for a in _ARTICLES],
+                     "slots": {"color": list(COLORS), "type": list(_FAMILY_TYPES[family])},
+                     "prompts": list(templates)}
+            for family, templates in family_templates.items() if templates}

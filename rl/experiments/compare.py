@@ -75,6 +75,8 @@ class CompareConfig:
     interval: Literal["t", "bca"] = "t"  # interval over seeds: t-distribution, or BCa bootstrap (scipy)
     bootstrap_samples: int = 10000  # resamples for interval: bca
     ci: float = 0.95  # confidence level
+    goals: str | list[str] | None = None  # train and evaluate agents only on episodes with these missions (BabyAI);
+    # `holdout`: the domain data's held-out goals, resolved by `vlmr pipeline`; null = every mission of the env
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
     def __post_init__(self):
@@ -93,6 +95,8 @@ class CompareConfig:
         if unknown:
             raise ValueError(f"contrasts name {unknown}, which are not arms of this config; its arms are {names} "
                              "(ground_truth when ground_truth: true, and the keys of reward_models)")
+        if isinstance(self.goals, str) and self.goals != "holdout":
+            raise ValueError(f"goals={self.goals!r}: give a list of goal sentences, or `holdout` inside a pipeline")
         same = [list(pair) for pair in self.contrasts if pair[0] == pair[1]]
         if same:
             raise ValueError(f"contrasts {same} compare an arm with itself; each pair names two different arms")
@@ -124,9 +128,20 @@ def goal_model_for(cfg: CompareConfig) -> str | None:
     return model
 
 
+def env_kwargs_for(cfg: CompareConfig) -> dict:
+    """rl.env_kwargs, with the goal subset when `goals` names one."""
+    if cfg.goals is None:
+        return cfg.rl.env_kwargs
+    if cfg.goals == "holdout":
+        raise VlmrError("compare goals=holdout means the held-out goals of a pipeline's domain data: run it inside "
+                        "`vlmr pipeline`, or list the goal sentences (goals=[...])")
+    return {**cfg.rl.env_kwargs, "goals": list(cfg.goals)}
+
+
 def run_config(cfg: CompareConfig, arm: Arm, seed: int) -> PPOConfig:
     return dataclasses.replace(cfg.rl, reward_model=arm.reward_model, calibration=arm.calibration, seed=seed,
                                goal_model=goal_model_for(cfg), strict=cfg.strict or cfg.rl.strict,
+                               env_kwargs=env_kwargs_for(cfg),
                                out_dir=str(Path(cfg.out_dir) / "runs" / arm.name / f"seed-{seed}"))
 
 

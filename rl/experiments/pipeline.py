@@ -69,8 +69,17 @@ class PipelineConfig:
     base_pretrained: str | None = None  # a base CLIP to start from instead of pretraining one on shapes: an
     # open_clip tag of `arch` ("openai", "laion2b_s34b_b79k") or a checkpoint file (e.g. another chain's
     # base); skips the shapes stages
+    paraphrases: list[str] = dataclasses.field(default_factory=list)  # mission rewordings the evaluation also
+    # scores, with {color} and {type} ("stand right in front of the {color} {type}"); AUROC per wording in the report
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict
     # mode'); passed to every stage
+
+
+    def __post_init__(self):
+        from vlmr.calibrate.paraphrases import check_paraphrase
+
+        for template in self.paraphrases:  # before any stage runs, not at the evaluation an hour later
+            check_paraphrase(template)
 
 
 STAGES = ("collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "control", "calibrate_zero_shot",
@@ -106,8 +115,9 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     manifest_sha = {k: sha256_file(v / "manifest.json") for k, v in data.items()}
     models = train_models(cfg, runner, data, manifest_sha, base_weights)
     cal_reports = calibrate_models(cfg, runner, models, data["domain"], manifest_sha["domain"])
-    eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict)
-    compare_report = run_compare(cfg, runner, run_dir, models) if cfg.compare is not None else None
+    eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict,
+                                cfg.paraphrases)
+    compare_report = run_compare(cfg, runner, run_dir, models, data["domain"]) if cfg.compare is not None else None
 
     report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,
                                 time.perf_counter() - t_start)

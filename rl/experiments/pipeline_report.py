@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmr.core.files import atomic_write_text, read_json
+from vlmr.core.reporting import fmt
 
 if TYPE_CHECKING:  # only a type here; pipeline.py imports this module
     from vlmr.rl.experiments.pipeline import PipelineConfig
@@ -31,8 +32,14 @@ def write_final_report(cfg: PipelineConfig, run_dir: Path, rows: list[dict], cal
               "the reward model's own templates for any other goal:", ""]
     lines += [f"- {family}: " + "; ".join(f'"{t}"' for t in templates) for family, templates in
               cfg.goal_templates.items()] or ["- none: the goal sentence itself"]
+    evaluated = read_json(eval_json)
     lines += ["", "## Reward quality (test split)", ""]
-    lines += ["```", comparison_table(read_json(eval_json)["models"]), "```", ""]
+    lines += ["```", comparison_table(evaluated["models"]), "```", ""]
+    lines += guarantee_lines(run_dir, evaluated["models"]) + group_lines(evaluated["models"])
+    if evaluated.get("paraphrases"):
+        from vlmr.calibrate.paraphrases import wording_table
+
+        lines += [wording_table(evaluated["models"]), ""]
     lines += [f"- calibration report, {arm}: [{p.relative_to(run_dir)}]({p.relative_to(run_dir)})"
               for arm, p in cal_reports.items()]
     if compare_report is not None:
@@ -42,3 +49,38 @@ def write_final_report(cfg: PipelineConfig, run_dir: Path, rows: list[dict], cal
             lines += [re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", lambda m: f"![{m[1]}]({rel.parent.as_posix()}/{m[2]})",
                              compare_report.read_text())]
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def guarantee_lines(run_dir: Path, models: list[dict]) -> list[str]:
+    """Per reward model: how many goals hold a guaranteed threshold, and test precision pooled over their frames."""
+    from vlmr.rl.experiments.scaling_rows import guarantee_record
+
+    records = {m["name"]: guarantee_record(run_dir, m["name"], m["metrics"]["per_goal"]) for m in models}
+    rows = [f"| {name} | {r['guaranteed']} of {r['fitted']} | {fmt(r['precision_own'])} | {fmt(r['precision_all'])} |"
+            for name, r in records.items() if r]
+    if not rows:
+        return []
+    return ["Goals whose threshold is guaranteed (target precision at the calibration's confidence, on val), and "
+            "test precision pooled over those goals' frames (n/a: no guaranteed goal, or none fired):", "",
+            "| reward model | guaranteed goals | precision over them, own-goal | over every frame |",
+            "|---|---|---|---|", *rows, ""]
+
+
+def group_lines(models: list[dict]) -> list[str]:
+    """Seen and held-out goals (and each task family) side by side: own-goal AUROC, precision, recall per model."""
+    groups = [g for g in dict.fromkeys(k for m in models for k in (m["metrics"].get("groups") or {}))]
+    if not groups:
+        return []
+    lines = ["Goals seen in fine-tuning and goals held out of it (macro over each group's goals, own-goal view; "
+             "held-out goals are scored as new goals: pooled temperature and threshold, `calibrated: false`):", "",
+             "| goals | n | " + " | ".join(f"{m['name']} AUROC / precision / recall" for m in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for group in groups:
+        cells, count = [], None
+        for m in models:
+            rec = (m["metrics"].get("groups") or {}).get(group) or {}
+            own = rec.get("own_goal") or {}
+            count = rec.get("goals", count)
+            cells.append(" / ".join(fmt(own.get(k)) for k in ("auroc", "precision", "recall")) if rec else "n/a")
+        lines.append(f"| {group} | {count} | " + " | ".join(cells) + " |")
+    return lines + [""]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, stage_config
 
+from vlmr.core.errors import VlmrError
 from vlmr.core.files import read_json, sha256_file
 from vlmr.core.reporting import fmt
 
@@ -112,7 +113,7 @@ def train_stage(cfg: PipelineConfig, runner: StageRunner, stage: str, section: S
 def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path], manifest_sha: dict[str, str],
                  base_weights: tuple[str, str] | None) -> dict[str, Path]:
     """Base pretraining (unless base_weights is given), zero-shot export, LoRA adaptation, random-init control."""
-    from vlmr.rl.envs.babyai_goals import goal_prompts
+    from vlmr.rl.envs.babyai_goals import goal_prompt_rules, goal_prompts
 
     if base_weights:
         base_ckpt, base_identity = base_weights
@@ -123,12 +124,14 @@ def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path]
         base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
         base_identity = sha256_file(base_ckpt)
     prompts = goal_prompts(read_json(data["domain"] / "manifest.json")["goals"], cfg.goal_templates)
+    rules = goal_prompt_rules(cfg.goal_templates)  # stored with each model: new goals at load are prompted alike
     domain_hashes = {"domain": manifest_sha["domain"], "base": base_identity}
 
     def on_domain(pretrained: str | None, **extra) -> dict:
         """Wiring shared by the domain models: same data, architecture and prompts; only the init differs."""
         return {"data": {"dir": str(data["domain"])}, **extra,
-                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts}}
+                "model": {"arch": cfg.arch, "pretrained": pretrained, "goal_prompts": prompts,
+                          "goal_templates": rules}}
 
     models = {"zero_shot": train_stage(cfg, runner, "zero_shot", cfg.adapt,
                                        on_domain(base_ckpt, trainer={"max_steps": 0}), domain_hashes),
@@ -181,26 +184,31 @@ def _model_identities(models: dict[str, Path]) -> dict:
 
 
 def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path,
-                    domain_sha: str, strict: bool = False) -> Path:
+                    domain_sha: str, strict: bool = False, paraphrases: list[str] = ()) -> Path:
     """Offline A/B: every reward model on the domain's test split; returns the results.json path."""
-    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, evaluate, read_results
+    from vlmr.calibrate.evaluate import EvaluateConfig, EvaluatedModel, read_results
+    from vlmr.rl.collect.rerender import evaluate  # the paraphrases' goal slots come from the env families
 
     eval_json = run_dir / "evaluate" / "results.json"
     cfg = EvaluateConfig(models=[EvaluatedModel(dir=str(d), calibration=str(d / "calibration.json"), name=arm)
                                  for arm, d in models.items()], data=str(domain), split="test", out=str(eval_json),
-                         strict=strict)
+                         strict=strict, paraphrases=list(paraphrases))
 
     def body():
         res = evaluate(cfg, progress=False)
         heads = {m["name"]: headline(m["metrics"]["macro"]) for m in res["models"]}
         return ", ".join(f"{k} {view} AUROC {fmt(m.get('auroc'))}" for k, (view, m) in heads.items())
 
-    runner.run("evaluate", {**_model_identities(models), "domain": domain_sha, "strict": strict}, lambda: read_results(eval_json), body)
+    fingerprint = {**_model_identities(models), "domain": domain_sha, "strict": strict}
+    if paraphrases:  # chains without them keep their fingerprint
+        fingerprint["paraphrases"] = list(paraphrases)
+    runner.run("evaluate", fingerprint, lambda: read_results(eval_json), body)
     return eval_json
 
 
 # ------------------------------------------------------------------------------------------------ agents
-def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path]) -> Path:
+def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path],
+                domain: Path) -> Path:
     """PPO agents on each reward model (and the env's own reward), judged on ground-truth success."""
     from vlmr.rl.experiments.compare import CompareConfig, compare
 
@@ -212,6 +220,16 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")
     if not ccfg.contrasts:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
+    if ccfg.goals == "holdout":  # agents on the goals fine-tuning never saw: does adaptation help there too?
+        from vlmr.rl.agent.vector_envs import env_goal_set
+
+        held = read_json(domain / "manifest.json", "dataset manifest").get("holdout_goals") or []
+        missions = env_goal_set(ccfg.rl.env_id) or []
+        if not [g for g in held if g in missions]:  # the data may span families the agents' env does not have
+            raise VlmrError(f"compare goals=holdout: the domain data {domain} holds out no mission of "
+                            f"{ccfg.rl.env_id} ({len(held)} held-out goals); set the domain's holdout_goals "
+                            "(a list or one_in_three_pairs) or drop compare.set.goals")
+        ccfg = dataclasses.replace(ccfg, goals=[g for g in held if g in missions])
 
     def body():
         res = compare(ccfg)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlmr.rl.experiments.scaling_report import agents_of, write_outputs
+from vlmr.rl.experiments.scaling_rows import chain_seconds, guarantee_record, kept_rows, training_records
 
 from vlmr.core.config import PositiveInt, config_dataclass, stage_main
 from vlmr.core.errors import VlmrError
@@ -77,7 +78,8 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
         view, head = headline(m["metrics"]["macro"])  # own-goal on BabyAI, pooled where frames have no mission
         views.add(view)
         arms[m["name"]] = {"auroc": head.get("auroc"), "precision": head.get("precision"),
-                           "recall": head.get("recall")}
+                           "recall": head.get("recall"),
+                           "guarantee": guarantee_record(run_dir, m["name"], m["metrics"]["per_goal"])}
     comparisons, interval = {}, None
     compare = run_dir / "compare" / "results.json"
     if compare.is_file():
@@ -87,7 +89,8 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
     params = parameter_count(run_dir / "base" / "reward_model" / "open_clip_model.safetensors")
     return {"arch": model.arch, "image_size": model.image_size, "frame_size": model.frame_size or model.image_size,
             "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms,
-            "comparisons": comparisons, "interval": interval}
+            "comparisons": comparisons, "interval": interval, "training": training_records(run_dir),
+            "chain_seconds": chain_seconds(run_dir)}
 
 
 def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None = None) -> Path:
@@ -103,7 +106,7 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None 
         raise VlmrError(f"scaling --only {unknown}: not among the study's models {archs}")
     chains = [chain_config(cfg, model) for model in cfg.models]  # every chain's config is read before any runs
     check_writable(Path(cfg.runs_dir) / cfg.name, "scaling output folder")
-    rows = []
+    rows, kept = [], kept_rows(Path(cfg.runs_dir) / cfg.name, archs)
     for model, chain in zip(cfg.models, chains):
         if not plot_only and (not only or model.arch in only):  # --only: run the study in pieces, a size at a time
             print(f"== scaling: {model.arch} ({chain.name})", flush=True)
@@ -111,6 +114,11 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None 
         try:
             rows.append(collect_row(Path(cfg.runs_dir) / chain.name, model))
         except VlmrError as e:
+            if model.arch in kept and not (run_dir := Path(cfg.runs_dir) / chain.name).is_dir():
+                # finished elsewhere (another machine or session): its row travels in results.json
+                print(f"scaling: {model.arch} from the previous results.json ({run_dir} is not here)")
+                rows.append({**kept[model.arch], "kept_from_previous_results": True})
+                continue
             if not (only or plot_only):
                 raise
             print(f"scaling: {model.arch} left out of the report: its chain is not finished ({e})")

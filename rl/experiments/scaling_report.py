@@ -2,7 +2,9 @@
 
     agents_of(compare_results)        # a chain's compare results.json -> per-arm agent records, paired contrasts
     plot_scaling(rows, "scaling.png") # reward quality (and agent success) against parameter count, per arm
-    write_outputs(name, pipeline, rows, out_dir, config)   # results.json, scaling.png, capability.png, report.md
+    plot_curves(rows, "curves.png")   # each size's validation curve per trained stage (what early stopping saw)
+    write_outputs(name, pipeline, rows, out_dir, config)   # results.json, scaling.png, curves.png, capability.png,
+                                                           # report.md
 
 A row: {"arch", "params", "image_size", "frame_size", "view", "arms": {arm: {"auroc", "precision", "recall",
 "final_success", "rollout_precision"}}, "comparisons", "interval"}. Agent statistics are recomputed here from each
@@ -21,6 +23,7 @@ from vlmr.rl.experiments.capability import (
 )
 from vlmr.rl.experiments.compare_report import contrast_verdict
 from vlmr.rl.experiments.compare_summary import contrasts, interval_note
+from vlmr.rl.experiments.scaling_rows import TRAINED_STAGES
 from vlmr.rl.experiments.stats import METHODS, nan_to_none, seed_record
 
 from vlmr.core.errors import VlmrError
@@ -89,6 +92,66 @@ def plot_scaling(rows: list[dict], out: Path) -> Path:
     return save_figure(fig, out, dpi=120)
 
 
+def _curve_stages(rows: list[dict]) -> list[str]:
+    return [s for s in TRAINED_STAGES if any(((r.get("training") or {}).get(s) or {}).get("curve") for r in rows)]
+
+
+def plot_curves(rows: list[dict], out: Path) -> Path | None:
+    """Per trained stage, each size's validation metric (the one early stopping watched) against steps; a dotted
+    line marks the best step, the checkpoint kept. None when no chain recorded a curve."""
+    stages = _curve_stages(rows)
+    if not stages:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.8 * len(stages), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        monitors = set()
+        for i, r in enumerate(rows):
+            rec = (r.get("training") or {}).get(stage) or {}
+            points = [(p["step"], p["value"]) for p in rec.get("curve") or [] if p.get("value") is not None]
+            if not points:
+                continue
+            monitors.add(rec.get("monitor"))
+            ax.plot(*zip(*points), marker=".", color=f"C{i}", label=r["arch"])
+            if rec.get("best_step") is not None:
+                ax.axvline(rec["best_step"], color=f"C{i}", ls=":", alpha=0.7)
+        ax.set_title(f"{stage}: {', '.join(sorted(m for m in monitors if m))} (select split)", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, out, dpi=120)
+
+
+def budget_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | stage | stopped on | steps used | best step (kept) | stopped early | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage, rec in (r.get("training") or {}).items():
+            early = {True: "yes", False: "no (hit max_steps)"}.get(rec.get("stopped_early"), "n/a")
+            lines.append(f"| {r['arch']} | {stage} | {rec.get('monitor') or 'n/a'} | {rec.get('steps')} | "
+                         f"{rec.get('best_step') if rec.get('best_step') is not None else 'n/a'} | {early} | "
+                         f"{fmt(rec.get('train_seconds'), 0)} |")
+    seconds = [r.get("chain_seconds") for r in rows]
+    if all(s is not None for s in seconds):
+        each = ", ".join(f"{r['arch']} {s / 60:.0f} min" for r, s in zip(rows, seconds))
+        lines += ["", f"Compute: {sum(seconds) / 3600:.2f} h of stage wall time over {len(rows)} chains ({each})."]
+    return lines
+
+
+def guarantee_table(rows: list[dict]) -> list[str]:
+    arms = [a for a in arm_names(rows) if any((r["arms"].get(a) or {}).get("guarantee") for r in rows)]
+    lines = ["| model | " + " | ".join(f"{a} guaranteed goals | {a} precision over them (own-goal / all frames)"
+                                      for a in arms) + " |", "|---|" + "---|---|" * len(arms)]
+    for r in rows:
+        cells = []
+        for a in arms:
+            g = (r["arms"].get(a) or {}).get("guarantee") or {}
+            cells += [f"{g['guaranteed']} of {g['fitted']}" if g else "n/a",
+                      f"{fmt(g.get('precision_own'))} / {fmt(g.get('precision_all'))}" if g else "n/a"]
+        lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def quality_table(rows: list[dict]) -> list[str]:
     # reward models only: ground truth has no AUROC
     arms = [a for a in arm_names(rows) if any(r["arms"].get(a, {}).get("auroc") is not None for r in rows)]
@@ -125,6 +188,15 @@ def report(name: str, pipeline: str, rows: list[dict], capability: dict | None) 
              "![scaling](scaling.png)", "",
              f"Metrics: {'/'.join(sorted({r.get('view', 'own-goal') for r in rows}))}, test split; frame px: the size "
              "frames are rendered at, model px: the input size they are resized to.", ""] + quality_table(rows)
+    lines += ["", "Goals whose calibrated threshold is guaranteed (precision target at the calibration's confidence, "
+              "on val) and test precision pooled over those goals' frames:", ""] + guarantee_table(rows)
+    if _curve_stages(rows):
+        lines += ["", "## Budgets", "", "Each stage trains until its validation metric stops improving (patience "
+                  "and max_steps in the config) and keeps its best checkpoint:", "", "![curves](curves.png)", ""]
+        lines += budget_table(rows)
+    kept = [r["arch"] for r in rows if r.get("kept_from_previous_results")]
+    if kept:
+        lines += ["", f"Rows of {', '.join(kept)} come from an earlier results.json (their chains ran elsewhere)."]
     if _has_agents(rows):
         interval = next(r["interval"] for r in rows if r.get("interval"))
         lines += ["", f"Agents: final ground-truth success and the reward's precision on the agents' own rollouts, "
@@ -145,6 +217,7 @@ def write_outputs(name: str, pipeline: str, rows: list[dict], out: Path, config:
     capability = capability_summary(scaling_points(rows)) if _has_agents(rows) else None
     atomic_write_json(out / "results.json", nan_to_none({"config": config, "rows": rows, "capability": capability}))
     plot_scaling(rows, out / "scaling.png")
+    plot_curves(rows, out / "curves.png")
     if capability:
         plot_capability(capability, out / "capability.png")
     return atomic_write_text(out / "report.md", report(name, pipeline, rows, capability))
