@@ -1,6 +1,6 @@
-"""`vlmr refine`: the config, the checks made before any work, and one round trip end to end (slow).
+"""`vlmr refine`: the config, the checks made before any work, and two rounds end to end on vlmr-tiny.
 
-    .venv/bin/python -m pytest tests/test_refine.py -q            (the round trip: -m slow)
+    .venv/bin/python -m pytest tests/test_refine.py -q
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ def test_inputs_are_checked_before_any_work(tmp_path, refine_compare, babyai_dat
     assert not (tmp_path / "refine" / "round_1").exists()  # nothing was recorded or trained
 
 
-@pytest.mark.slow  # two rounds of rollouts, LoRA fine-tuning and calibration on vlmr-tiny (~1 min on 2 cores)
 def test_two_rounds_start_from_their_parents_and_recalibrate(tmp_path, refine_compare, babyai_dataset, capsys):
     from safetensors.torch import load_file
     from vlmr.finetune.reward_model import reward_model_id

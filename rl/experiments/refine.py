@@ -167,7 +167,7 @@ def refine(cfg: RefineConfig, force: set[str] = frozenset()) -> Path:
                             cfg.strict, progress=False)
             n = rollouts_ready(rollouts)
             return (f"{n['rollouts']['fired']} fired frames in {n['rollouts']['episodes']} episodes; "
-                    + " / ".join(f"{s} {e['samples']}" for s, e in n["splits"].items()) + " frames")
+                    + " / ".join(f"{s} {n['splits'][s]['samples']}" for s in SPLITS) + " frames")
 
         runner.run(f"round_{r}_rollouts", {"rollouts": config_to_dict(cfg.rollouts), "arm": cfg.arm, "agents": agents,
                                            "reward": reward, "data": data_sha},
