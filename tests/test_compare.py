@@ -82,6 +82,12 @@ def test_compare_runs_resumes_and_reports(tmp_path, rm_dir, capsys):
     assert mtimes(out) == before
     assert capsys.readouterr().out.count("done, skipped") == 4
 
+    # every run keeps its agent; --force reruns a finished run
+    assert sorted(p.parent.name for p in out.glob("runs/*/seed-*/agent.pt")) == ["seed-0", "seed-0", "seed-1", "seed-1"]
+    compare(cfg, arm=["zero_shot"], seed=[0], force=True)
+    assert "zero_shot seed 0: running (--force)" in capsys.readouterr().out
+    before = mtimes(out)
+
     # a changed setting makes the results stale: they rerun
     compare(config(tmp_path, rm_dir, ent_coef=0.02), arm=["ground_truth"], seed=[1])
     after = mtimes(out)

@@ -90,6 +90,10 @@ def label_goals(env, goals):
     return {g: int(env.lit) for g in goals}
 
 
+def state_meta(env, goals, rng):
+    return {"labels": label_goals(env, goals), "captions": ["a lit lamp" if env.lit else "a dark room"]}
+
+
 def render_frame(env, image_size=64):
     return np.full((image_size, image_size, 3), 255 if env.lit else 0, np.uint8)
 
@@ -110,8 +114,7 @@ class LampSource:
         env.reset(seed=env_seed)
         for action in (0, 1):
             env.step(action)
-            yield env.render(), {"env": "Toy-Lamp", "mission": env.mission, "labels": label_goals(env, GOALS),
-                                 "captions": ["a lit lamp" if env.lit else "a dark room"]}
+            yield env.render(), {"env": "Toy-Lamp", "mission": env.mission, **state_meta(env, GOALS, None)}
 
 
 def make_source(cfg):

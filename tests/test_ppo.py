@@ -152,6 +152,41 @@ def test_vlm_run_monitors_reward_quality(tmp_path, tiny_rm_dir):
     assert again["reward_quality"] == q and again["curves"]["success_rate"] == result["curves"]["success_rate"]
 
 
+def test_run_saves_an_agent_that_reloads_to_the_same_policy(tmp_path, tiny_rm_dir, monkeypatch):
+    from vlmr.rl.agent import ppo
+    from vlmr.rl.agent.policy import load_agent, save_agent
+
+    trained = {}
+
+    def spy(path, agent, record):  # the live agent, to compare the reloaded one with
+        trained["agent"] = agent
+        return save_agent(path, agent, record)
+
+    monkeypatch.setattr(ppo, "save_agent", spy)
+    out = tmp_path / "vlm"
+    train(PPOConfig(**TINY, env_id="BabyAI-GoToObj-v0", reward_model=tiny_rm_dir, out_dir=str(out), image_size=64,
+                    seed=3))
+    agent, record = load_agent(out / "agent.pt")
+    assert (out / "agent.pt").stat().st_mtime_ns <= (out / "result.json").stat().st_mtime_ns  # saved before the result
+    assert record["reward_model_id"] == RewardModel.load(tiny_rm_dir).model_id and record["calibration"] is None
+    assert record["action_names"] == ["left", "right", "forward"] and record["action_ids"] == [0, 1, 2]
+    assert record["env_id"] == "BabyAI-GoToObj-v0" and record["image_size"] == 64 and record["obs_shape"] == [7, 7, 3]
+    assert record["goals"] == RewardModel.load(tiny_rm_dir).goals and record["terminate_on_reward"] is True
+    live = trained["agent"].cpu()
+    assert not torch.equal(live.actor[0].weight, Agent((7, 7, 3), "symbolic", live.goal_table, 3).actor[0].weight)
+    obs = torch.randint(0, 6, (16, 7, 7, 3), dtype=torch.uint8)
+    goals = torch.arange(16) % len(record["goals"])
+    with torch.no_grad():
+        torch.testing.assert_close(agent.actor(agent.features(obs, goals)), live.actor(live.features(obs, goals)))
+        torch.manual_seed(0)
+        sampled = agent.get_action_and_value(obs, goals)[0]
+        torch.manual_seed(0)
+        assert torch.equal(sampled, live.get_action_and_value(obs, goals)[0])
+    (out / "agent.pt").write_bytes(b"not a torch file")
+    with pytest.raises(VlmrError, match="cannot read agent"):
+        load_agent(out / "agent.pt")
+
+
 def test_bad_input_errors(tmp_path, tiny_rm_dir):
     with pytest.raises(VlmrError, match="goal_model=DIR"):
         train(PPOConfig(**TINY, out_dir=str(tmp_path / "a")))  # text goals but no reward model at all

@@ -10,7 +10,7 @@
     run_finetune(load_config(FinetuneConfig, "babyai_lora", ["trainer.max_steps=50"]))
 
 One function per stage, each taking its typed config: run_collect, run_finetune, run_calibrate, run_evaluate,
-train_ppo, run_compare, run_pipeline, run_scaling. Names are imported on first use, so `import vlmr` (and the
+train_ppo, run_compare, run_refine, run_pipeline, run_scaling. Names are imported on first use, so `import vlmr` (and the
 CLI's --help) stays fast and needs no torch.
 """
 
@@ -40,6 +40,8 @@ _EXPORTS = {
     "run_compare": "vlmr.rl.experiments.compare:compare",
     "PipelineConfig": "vlmr.rl.experiments.pipeline:PipelineConfig",
     "run_pipeline": "vlmr.rl.experiments.pipeline:pipeline",
+    "RefineConfig": "vlmr.rl.experiments.refine:RefineConfig",
+    "run_refine": "vlmr.rl.experiments.refine:refine",
     "ScalingConfig": "vlmr.rl.experiments.scaling:ScalingConfig",
     "run_scaling": "vlmr.rl.experiments.scaling:scaling",
 }

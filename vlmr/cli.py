@@ -9,7 +9,7 @@
     vlmr finetune babyai_lora trainer.max_steps=200
     vlmr calibrate babyai_goto
     vlmr pipeline babyai_demo                         # the whole chain (`make demo`)
-    vlmr evaluate ...   vlmr rl ...   vlmr compare ...   vlmr scaling ...   vlmr bench ...
+    vlmr evaluate ...   vlmr rl ...   vlmr compare ...   vlmr refine ...   vlmr scaling ...   vlmr bench ...
 
 Each command is `module:function(argv)`, imported only when it runs, so `vlmr --help` and `vlmr configs`
 need no torch. A command whose optional dependencies are missing says which extra installs them.
@@ -36,6 +36,7 @@ COMMANDS = {  # command -> module:function(argv)
     "evaluate": "vlmr.rl.collect.rerender:main",  # --render-size draws frames with the envs
     "rl": "vlmr.rl.agent.ppo:main",
     "compare": "vlmr.rl.experiments.compare:main",
+    "refine": "vlmr.rl.experiments.refine:main",
     "pipeline": "vlmr.rl.experiments.pipeline:main",
     "scaling": "vlmr.rl.experiments.scaling:main",
     "bench": "vlmr.bench.run:main",
@@ -51,6 +52,7 @@ HELP = {
     "evaluate": "compare reward models on labelled shards",
     "rl": "train one PPO agent on a reward",
     "compare": "A/B comparison of rewards with PPO agents",
+    "refine": "refine a reward model on its trained agents' rollouts",
     "pipeline": "run the whole chain, skipping finished stages",
     "scaling": "reward quality against model size: one chain per size",
     "bench": "throughput and cost benchmarks",

@@ -1,12 +1,20 @@
 """The PPO agent (actor-critic over observation features and a frozen goal vector), its goal vocabulary,
-and held-out evaluation on the env's own success. Used by rl/agent/ppo.py's training loop.
+held-out evaluation on the env's own success, and the saved agent. Used by rl/agent/ppo.py's training loop.
 
     agent = Agent(obs_shape, "symbolic", goal_table, num_actions)
     success_rate = evaluate(agent, eval_envs, GoalLookup(goals, source), seeds, action_ids, device)
+    save_agent(out / "agent.pt", agent, record)          # ppo.train, before result.json
+    agent, record = load_agent("runs/compare/runs/adapted/seed-0/agent.pt")   # the rollout recorder
+
+agent.pt (AGENT_VERSION) is a torch file readable with `torch.load(weights_only=True)`: the state_dict and
+what rebuilds the policy and its env (obs shape and mode, goal vocabulary and table source, action ids and
+names, hidden width, env id and kwargs, frame size) plus the reward it was trained on (reward-model path and
+id, calibration path and sha256, terminate_on_reward).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,9 +26,13 @@ from torch import nn
 from vlmr.rl.agent.vector_envs import env_goal_set, missions
 
 from vlmr.core.errors import VlmrError
+from vlmr.core.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from vlmr.rl.agent.ppo import PPOConfig
+
+AGENT_FILE = "agent.pt"
+AGENT_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ agent
@@ -127,3 +139,33 @@ def evaluate(agent: Agent, envs, lookup: GoalLookup, seeds: list[int], action_id
             active &= ~(term | trunc)  # NEXT_STEP autoreset: a finished env's later steps are ignored
         results += success[: len(batch)].tolist()
     return float(np.mean(results))
+
+
+
+# ------------------------------------------------------------------------------------------------ saved agents
+def save_agent(path: str | Path, agent: Agent, record: dict) -> Path:
+    """Write agent.pt atomically: `record` (plain values: what rebuilds the policy and its env) + the state_dict."""
+    buf = io.BytesIO()
+    torch.save({**record, "version": AGENT_VERSION, "obs_mode": agent.obs_mode,
+                "state_dict": {k: v.detach().cpu() for k, v in agent.state_dict().items()}}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_agent(path: str | Path, device="cpu") -> tuple[Agent, dict]:
+    """(the policy in eval mode, its record) from an agent.pt written by save_agent."""
+    path = Path(path)
+    if not path.is_file():
+        raise VlmrError(f"agent not found: {path}; `vlmr rl` and `vlmr compare` write one per finished run")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, whatever torch says about it
+        raise VlmrError(f"cannot read agent {path} ({type(e).__name__}: {str(e)[:120]}); rerun the PPO run that "
+                        "wrote it") from None
+    if not isinstance(record, dict) or record.get("version") != AGENT_VERSION:
+        raise VlmrError(f"{path}: agent version {record.get('version') if isinstance(record, dict) else None!r} is "
+                        f"not readable by this vlmr (reads version {AGENT_VERSION}); rerun the PPO run that wrote it")
+    state = record["state_dict"]
+    agent = Agent(tuple(record["obs_shape"]), record["obs_mode"], state["goal_table"], len(record["action_ids"]),
+                  record["hidden"])
+    agent.load_state_dict(state)
+    return agent.to(device).eval(), {k: v for k, v in record.items() if k != "state_dict"}

@@ -22,8 +22,9 @@ rl/agent/policy.py, environments in rl/agent/vector_envs.py, the VLM reward in r
   env seeds eval_seed, eval_seed+1, ..., judged by the env's own success.
 - Reward-hacking monitor: per rollout batch, precision/recall of the VLM's
   "goal reached" against the env's success (`reward/precision`, `reward/recall`).
-- Outputs in `out_dir`: metrics.csv, run.json, result.json (written last,
-  atomically: its presence means the run finished), and wandb/ with logger=wandb.
+- Outputs in `out_dir`: metrics.csv, run.json, agent.pt (the trained policy and what
+  rebuilds it and its env and reward: rl/agent/policy.py `load_agent`), result.json
+  (written last, atomically: its presence means the run finished), and wandb/ with logger=wandb.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
-from vlmr.rl.agent.policy import Agent, GoalLookup, evaluate, goal_vocabulary
+from vlmr.rl.agent.policy import AGENT_FILE, Agent, GoalLookup, evaluate, goal_vocabulary, save_agent
 from vlmr.rl.agent.vector_envs import action_names, env_goal_set, make_vector_env, missions
 from vlmr.rl.experiments.stats import nan_to_none
 
@@ -49,7 +50,7 @@ from vlmr.core.config import (
     config_to_dict,
     stage_main,
 )
-from vlmr.core.files import atomic_write_json, check_writable, sha256_text
+from vlmr.core.files import atomic_write_json, check_writable, sha256_file, sha256_text
 from vlmr.core.metrics import count_metrics, pooled_count_metrics
 from vlmr.core.reporting import fmt
 from vlmr.core.tracking import StepLog
@@ -220,8 +221,8 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     action_ids = np.array([names.index(a) for a in (cfg.actions or names)])
     env_args = {"obs_mode": cfg.obs_mode, "env_kwargs": cfg.env_kwargs}
 
+    image_size = cfg.image_size or (reward_model.spec.image_size if reward_model is not None else None)
     if reward_model is not None:  # the wrapper resets finished envs itself and presents SAME_STEP semantics
-        image_size = cfg.image_size or reward_model.spec.image_size
         envs = VLMReward(make_vector_env(cfg.env_id, cfg.num_envs, AutoresetMode.DISABLED, image_size, vector=cfg.vector,
                                          memo_render=cfg.memo_render, **env_args), reward_model,
                          terminate_on_reward=cfg.terminate_on_reward, mission_fn=missions,
@@ -349,6 +350,15 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     envs.close()
     eval_envs.close()
     logger.close()
+
+    # ============================== save the agent (before result.json: every finished run has one)
+    save_agent(out / AGENT_FILE, agent, {
+        "obs_shape": list(obs_shape), "hidden": cfg.hidden, "goals": goals, "goal_source": source,
+        "action_ids": action_ids.tolist(), "action_names": [names[i] for i in action_ids],
+        "env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "image_size": image_size, "seed": cfg.seed,
+        "reward_model": cfg.reward_model, "reward_model_id": reward_model.model_id if reward_model else None,
+        "calibration": cfg.calibration, "calibration_sha256": sha256_file(cfg.calibration) if cfg.calibration else None,
+        "terminate_on_reward": cfg.terminate_on_reward, "fingerprint": fingerprint(cfg), "env_steps": global_step})
     result = {
         "version": RESULT_VERSION, "fingerprint": fingerprint(cfg), "config": config_to_dict(cfg),
         "reward_model_id": reward_model.model_id if reward_model else None, "goal_source": source,

@@ -127,6 +127,13 @@ def _init_worker(queue) -> None:
     _QUEUE = queue
 
 
+def sample_meta(m: dict, env_seed: int, episode: int, step: int) -> dict:
+    """A sample's meta.json (ShardSink adds frame_sha256) from a source's record {"env", "mission", "labels",
+    "captions"} and where the frame comes from. The rollout recorder writes its frames through here too."""
+    return {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step, "mission": m["mission"],
+            "labels": m["labels"], "captions": m["captions"]}
+
+
 def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, ...] | None, limit: int,
                     held: tuple[set[str], set[str]] | None = None):
     """The kept (key, frame, meta, own-goal positive) of one episode; with a focus, only an episode that reaches one.
@@ -148,8 +155,7 @@ def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, 
         reached = reached or any(labels.get(g) for g in focus)
         if not positive and cfg.negative_keep < 1.0 and keep_rng.random() >= cfg.negative_keep:
             continue
-        meta = {"env": m["env"], "env_seed": env_seed, "episode": episode, "step": step,
-                "mission": mission, "labels": labels, "captions": captions}
+        meta = sample_meta({**m, "mission": mission, "captions": captions}, env_seed, episode, step)
         kept.append((sample_key(episode, step), frame, meta, int(positive)))
         if not focus and len(kept) >= limit:  # the shard is full: the rest of the episode is never rendered
             break
@@ -426,4 +432,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CollectConfig", "SplitFrames", "collect", "collect_shard", "main", "make_source"]
+__all__ = ["CollectConfig", "SplitFrames", "collect", "collect_shard", "main", "make_source", "sample_meta"]

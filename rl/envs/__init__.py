@@ -16,6 +16,9 @@ The interface (every family module defines all of these; tests/test_env_families
   goal_set(env_id, env_kwargs=None)
                            the goal sentences of env_id's missions (None: the family labels no goal set for it)
   label_goals(env, goals)  {goal: 0/1} ground truth from the env's state
+  state_meta(env, goals, rng)
+                           {"labels", "captions"} of an RL env's current state: what a frame is stored with,
+                           by `vlmr collect` and by the rollout recorder alike
   render_frame(env, image_size)
                            the reward model's frame of the env's current state
   canonical_mission(mission)
@@ -40,8 +43,8 @@ FAMILIES = {
     "babyai": "vlmr.rl.envs.babyai",
     "crafter": "vlmr.rl.envs.crafter",
 }
-INTERFACE = ("NAME", "ENV_ID_PREFIXES", "check_env", "make_env", "goal_set", "label_goals", "render_frame",
-             "canonical_mission", "action_names", "make_source")
+INTERFACE = ("NAME", "ENV_ID_PREFIXES", "check_env", "make_env", "goal_set", "label_goals", "state_meta",
+             "render_frame", "canonical_mission", "action_names", "make_source")
 
 
 def family(name: str) -> ModuleType:

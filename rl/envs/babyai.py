@@ -326,6 +326,18 @@ def frame_captions(env, grid=None, vis=None, rng=None) -> list[str]:
                           front_wall=front is not None and front.type == "wall", rng=rng)
 
 
+def state_meta(env, goals: list[str], rng, view: str = "egocentric", grid=None, vis=None) -> dict:
+    """What a frame of the env's current state is stored with: {"labels": every goal's ground truth, "captions"}.
+
+    The collection source and the rollout recorder both label through here. grid, vis: the egocentric view
+    grid and visibility the frame was drawn from (computed when not given); the topdown view has none.
+    """
+    u = env.unwrapped
+    if view == "egocentric" and grid is None:
+        grid, vis = u.gen_obs_grid()
+    return {"labels": label_goals(u, goals), "captions": frame_captions(u, grid, vis, rng)}
+
+
 class BabyAISource:
     """Collection source: episodes of minigrid's BabyAIBot with noisy actions, every frame labelled."""
 
@@ -355,9 +367,8 @@ class BabyAISource:
             frame, grid, vis = _pov(u, self.image_size)
         else:
             frame, grid, vis = render_frame(u, self.image_size, self.view), None, None
-        labels = label_goals(u, self.goals)
-        return frame, {"env": self.env_id, "mission": self.mission, "labels": labels,
-                       "captions": frame_captions(u, grid, vis, rng)}
+        return frame, {"env": self.env_id, "mission": self.mission,
+                       **state_meta(u, self.goals, rng, self.view, grid, vis)}
 
     def episode(self, env_seed: int, focus: tuple[str, ...] | None = None):
         from minigrid.utils.baby_ai_bot import BabyAIBot

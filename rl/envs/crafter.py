@@ -211,6 +211,16 @@ def captions(env, labels: dict[str, int], rng) -> list[str]:
     return [first, *rest]
 
 
+def state_meta(env, goals: list[str], rng) -> dict:
+    """What a frame of the env's current state is stored with: {"labels": every goal's ground truth, "captions"}.
+
+    The collection source and the rollout recorder both label through here; env: a crafter world or PPO's env.
+    """
+    game = _game(env)
+    labels = label_goals(game, goals)
+    return {"labels": labels, "captions": captions(game, labels, rng)}
+
+
 class ScriptedPolicy:
     """Collect wood, place a table, make wood tools, then stone; plant saplings; epsilon-random steps."""
 
@@ -321,9 +331,7 @@ class CrafterSource:
         rng = np.random.default_rng([env_seed, 2])
         policy = ScriptedPolicy(env, rng, self.noise, focus)
         for _ in range(self.max_steps):
-            labels = label_goals(env, self.goals)
-            yield frame, {"env": "crafter", "mission": None, "labels": labels,
-                          "captions": captions(env, labels, rng)}
+            yield frame, {"env": "crafter", "mission": None, **state_meta(env, self.goals, rng)}
             frame, _, done, _ = env.step(policy())
             if done:
                 return

@@ -15,7 +15,7 @@ It is never rendered from BabyAI or Crafter.
 
 Every frame is labelled for the goal set "a {colour} {shape}": 1 when an
 object of that colour and shape is in the frame. Shapes is data-only: the env
-side of the family interface (make_env, check_env, render_frame, action_names)
+side of the family interface (make_env, check_env, render_frame, action_names, state_meta)
 raises a VlmrError, and a scene's state for label_goals is its list of objects.
 """
 
@@ -58,6 +58,10 @@ def render_frame(env, image_size: int = 64) -> np.ndarray:
 
 def action_names(env_id: str | None = None) -> list[str]:
     raise no_rl_env(NAME, "action_names")
+
+
+def state_meta(env, goals: list[str], rng) -> dict:
+    raise no_rl_env(NAME, "state_meta")
 
 
 def canonical_mission(mission: str) -> str | None:

@@ -4,6 +4,7 @@
     vlmr compare configs/rl/compare_babyai.yaml --arm adapted --seed 1   # one shard (a cluster job), no report
     vlmr compare configs/rl/compare_babyai.yaml --aggregate          # merge finished shards into the report
     vlmr compare configs/rl/compare_babyai.yaml rl.total_timesteps=20000
+    vlmr compare configs/rl/compare_babyai.yaml --force              # rerun finished runs too
 
 Arms: `ground_truth` (no reward model: the env's own reward, the upper bound)
 and one per entry of `reward_models` ({name: {reward_model: DIR, calibration:
@@ -18,8 +19,8 @@ share seeds; no other pair of arms is compared. Intervals (`interval`): t-interv
 over seeds (default) or BCa bootstrap. With 3 or more reward-model arms the report
 also sets agent success against reward quality (rl/experiments/capability.py).
 
-Each (arm, seed) run lives in OUT_DIR/runs/ARM/seed-S/ and writes result.json
-last, atomically. A run whose result.json matches the current settings and
+Each (arm, seed) run lives in OUT_DIR/runs/ARM/seed-S/: the trained agent
+(agent.pt, which `vlmr refine` replays) and result.json, written last, atomically. A run whose result.json matches the current settings and
 inputs (PPO config, reward-model identity, calibration file hash) is skipped;
 a stale one is rerun. Outputs in OUT_DIR: results.json, report.md,
 success_curves.png, reward_precision.png (capability.png with 3+ reward arms).
@@ -168,7 +169,8 @@ def finished_result(run: PPOConfig, inputs: dict) -> tuple[dict | None, str]:
     return (result, "done") if result.get("inputs") == inputs else (None, "stale")
 
 
-def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] | None = None) -> int:
+def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] | None = None,
+            force: bool = False) -> int:
     from vlmr.rl.agent.ppo import train
 
     unknown = sorted(set(arms or []) - {a.name for a in cfg.arms})
@@ -180,10 +182,10 @@ def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] 
         run = run_config(cfg, arm, seed)
         inputs = run_inputs(run)
         _, status = finished_result(run, inputs)
-        if status == "done":
+        if status == "done" and not force:
             print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: done, skipped")
             continue
-        note = " (stale result: settings or inputs changed)" if status == "stale" else ""
+        note = {"stale": " (stale result: settings or inputs changed)", "done": " (--force)"}.get(status, "")
         print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: running{note}")
         train(run, extra={"arm": arm.name, "seed": seed, "inputs": inputs})
         ran += 1
@@ -225,11 +227,11 @@ def aggregate(cfg: CompareConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def compare(cfg: CompareConfig, arm: list[str] | None = None, seed: list[int] | None = None,
-            aggregate_only: bool = False) -> dict | None:
-    """Run the missing (arm, seed) runs; aggregate unless this is a shard (--arm / --seed)."""
+            aggregate_only: bool = False, force: bool = False) -> dict | None:
+    """Run the missing (arm, seed) runs (with force, every one); aggregate unless this is a shard (--arm / --seed)."""
     check_writable(cfg.out_dir, "compare output folder")  # before the first agent trains
     if not aggregate_only:
-        run_all(cfg, arm, seed)
+        run_all(cfg, arm, seed, force)
         if arm or seed:
             print("compare: shard finished; merge with `vlmr compare CONFIG --aggregate`")
             return None
@@ -241,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--arm", action="append", help="run only this arm (repeatable); no report")
         parser.add_argument("--seed", action="append", type=int, help="run only this seed (repeatable); no report")
         parser.add_argument("--aggregate", action="store_true", help="only merge finished runs into the report")
+        parser.add_argument("--force", action="store_true",
+                            help="rerun finished runs too (e.g. runs of an older vlmr, which saved no agent.pt)")
 
-    return stage_main(argv, CompareConfig, lambda cfg, arm, seed, aggregate: compare(cfg, arm, seed, aggregate),
+    return stage_main(argv, CompareConfig,
+                      lambda cfg, arm, seed, aggregate, force: compare(cfg, arm, seed, aggregate, force),
                       "vlmr compare", "A/B comparison of rewards with PPO agents, N seeds per arm.", extra,
                       kind="rl")
