@@ -123,7 +123,10 @@ def train_models(cfg: PipelineConfig, runner: StageRunner, data: dict[str, Path]
                                {"shapes": manifest_sha["shapes"]})
         base_ckpt = str((base_dir / "open_clip_model.safetensors").resolve())
         base_identity = sha256_file(base_ckpt)
-    prompts = goal_prompts(read_json(data["domain"] / "manifest.json")["goals"], cfg.goal_templates)
+    from vlmr.core.dataset import seen_goals
+
+    # the models' goal set is the seen goals: held-out goals are scored later as new goals, by the stored rule
+    prompts = goal_prompts(seen_goals(read_json(data["domain"] / "manifest.json")), cfg.goal_templates)
     rules = goal_prompt_rules(cfg.goal_templates)  # stored with each model: new goals at load are prompted alike
     domain_hashes = {"domain": manifest_sha["domain"], "base": base_identity}
 
