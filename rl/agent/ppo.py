@@ -213,8 +213,7 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
                                        strict=cfg.strict)
         # missions outside the model's goal set (held-out goals, say) are scored as new goals: the pooled fit,
         # `calibrated: false`, a warning (strict: an error)
-        reward_model.add_goals([g for g in env_goal_set(cfg.env_id, cfg.env_kwargs) or [] if g not in
-                                reward_model.goals], strict=cfg.strict)
+        reward_model.add_goals(env_goal_set(cfg.env_id, cfg.env_kwargs) or [], strict=cfg.strict)
     goals, table, source = goal_vocabulary(cfg, reward_model)
     lookup = GoalLookup(goals, source)
     names = action_names(cfg.env_id)

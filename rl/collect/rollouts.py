@@ -351,8 +351,7 @@ def record_rollouts(cfg: RolloutConfig, compare_dir: str | Path, out_dir: str | 
                         holdout=manifest.get("holdout_goals"))
     goals = list(manifest["goals"]) if manifest else list(rm.goals)
     # missions outside the model's goal set are scored as new goals, as in training (ppo.train)
-    rm.add_goals([g for g in env_goal_set(trained_on["env_id"], trained_on["env_kwargs"]) or [] if g not in rm.goals],
-                 strict=strict)
+    rm.add_goals(env_goal_set(trained_on["env_id"], trained_on["env_kwargs"]) or [], strict=strict)
     results = {seed: read_json(p.parent / "result.json", "run result") for seed, p in paths.items()}
     check_seed_ranges(cfg, results, manifest, data_dir)
     identity = {"config": config_to_dict(cfg), "arm": arm, "goals": goals, "reward_model_id": rm.model_id,
