@@ -2,10 +2,12 @@
 
 import json
 
+import pytest
 import yaml
 from vlmr.rl.experiments.pipeline import PipelineConfig, pipeline
 
 from vlmr.core.config import load_config
+from vlmr.core.errors import VlmrError
 
 
 def write_config(tmp_path, adapt_steps: int) -> str:
@@ -179,15 +181,54 @@ def test_scaling_bad_configs_name_the_problem(tmp_path):
 
 
 def test_unknown_stage_names_are_rejected_with_the_list_of_stages(tmp_path, capsys):
-    import pytest
-
     from vlmr.cli import main
-    from vlmr.core.errors import VlmrError
 
     path = write_config(tmp_path, adapt_steps=2)
-    with pytest.raises(VlmrError, match=r"unknown stage 'calibrate'; the stages are collect_shapes, .*, compare$"):
+    with pytest.raises(VlmrError, match=r"unknown stage 'calibrate'; the stages are collect_shapes, .*, compare, refine, "
+                       "compare_refined$"):
         pipeline(load_config(PipelineConfig, path), force={"calibrate", "adapted"})
     assert main(["pipeline", path, "--force", "adapted", "calibrate_adapted", "calbrate"]) == 2
     err = capsys.readouterr().err
     assert "unknown stage 'calbrate'" in err and "calibrate_zero_shot, calibrate_adapted, calibrate_control" in err
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # rejected before any stage
+
+
+def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys):
+    """The refine stage replays the adapted arm's agents, fine-tunes from its adapter and recalibrates; the refined
+    arm's agents join the same compare (the other arms' runs reused) with refined - adapted as a contrast."""
+    path = write_config(tmp_path, adapt_steps=2)
+    cfg = yaml.safe_load(open(path))
+    # a recall-heavy threshold, so the barely trained reward fires on the agents' frames and the rollouts have some
+    cfg["calibrate"]["set"].update({"criterion": "fbeta", "f_beta": 10.0})
+    cfg["refine"] = {"config": "configs/refine/babyai_refine.yaml",
+                     "set": {"rollouts": {"episodes_per_agent": 16, "episodes_per_shard": 4, "num_envs": 4},
+                             "finetune": {"set": {"trainer": {"max_steps": 2}}}}}
+    path = tmp_path / "refine_pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    report = pipeline(load_config(PipelineConfig, str(path)))
+    records = stage_records(tmp_path)
+    assert {"refine", "compare_refined"} <= set(records)
+    run_dir = tmp_path / "runs" / "smoke"
+    summary = json.loads((run_dir / "refine" / "summary.json").read_text())
+    assert summary["rounds"][0]["parent"] == str(run_dir / "adapted" / "reward_model")
+    run = json.loads((run_dir / "refine" / "round_1" / "finetune" / "run.json").read_text())
+    assert run["parent_adapter"]["path"].endswith("adapted/reward_model")
+    # the pipeline's adapt settings with the refine config's finetune.set on top
+    assert run["config"]["trainer"]["max_steps"] == 2 and run["config"]["data"]["batch_size"] == 32
+    results = json.loads((run_dir / "compare" / "results.json").read_text())
+    assert [a["name"] for a in results["arms"]] == ["ground_truth", "zero_shot", "adapted", "refined"]
+    assert "refined_minus_adapted/final_success" in results["comparisons"]
+    assert "## On-policy refinement" in report.read_text() and "| refined |" in report.read_text()
+
+    capsys.readouterr()
+    pipeline(load_config(PipelineConfig, str(path)))
+    assert capsys.readouterr().out.count("up to date, skipped") == len(records)
+
+
+def test_refine_without_a_compare_is_a_config_error(tmp_path):
+    cfg = yaml.safe_load(open(write_config(tmp_path, adapt_steps=2)))
+    cfg.update({"compare": None, "refine": {"config": "configs/refine/babyai_refine.yaml"}})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(VlmrError, match="refine replays the compare's agents"):
+        load_config(PipelineConfig, str(path))

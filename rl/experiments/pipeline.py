@@ -9,7 +9,9 @@ Stages: collect the shapes corpus and the domain data; pretrain the base CLIP on
 shapes (full training); export the zero-shot reward model (base weights, domain
 goal set, no training); LoRA-adapt the base on the domain; LoRA-adapt a randomly
 initialised model (the control arm); calibrate each reward model; `vlmr evaluate`
-them side by side; `vlmr compare` them with PPO; write runs/<name>/report.md.
+them side by side; `vlmr compare` them with PPO; with a `refine` section, refine
+the adapted model on its agents' rollouts and add agents on the refined reward
+(`compare_refined`); write runs/<name>/report.md.
 
 A stage is skipped when runs/<name>/pipeline/<stage>.json records the same
 fingerprint (its config plus the identities of its inputs) and its outputs are
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from vlmr.rl.experiments.pipeline_refine import run_refine
 from vlmr.rl.experiments.pipeline_report import write_final_report
 from vlmr.rl.experiments.pipeline_stages import (
     calibrate_models,
@@ -47,7 +50,8 @@ from vlmr.core.files import check_writable, sha256_file
 class PipelineConfig:
     # keys naming other configs: relative paths in a YAML file resolve next to that file
     CONFIG_REFS: ClassVar[tuple[str, ...]] = tuple(f"{s}.config" for s in
-                                                   ("shapes", "domain", "base", "adapt", "calibrate", "compare"))
+                                                   ("shapes", "domain", "base", "adapt", "calibrate", "compare",
+                                                                      "refine"))
     name: str  # run name: outputs go to {runs_dir}/{name}/
     shapes: StageSection  # collection of the generic shapes corpus (configs/data/shapes.yaml)
     domain: StageSection  # collection of the in-domain data (configs/data/babyai_goto.yaml)
@@ -55,6 +59,8 @@ class PipelineConfig:
     adapt: StageSection  # LoRA adaptation on the domain (configs/finetune/babyai_lora.yaml)
     calibrate: StageSection  # calibration of every reward model (configs/calibrate/babyai_goto.yaml)
     compare: StageSection | None = None  # PPO A/B comparison (configs/rl/compare_babyai.yaml); null = skip
+    refine: StageSection | None = None  # on-policy refinement of the adapted model on its agents' rollouts, then
+    # agents on the refined reward (configs/refine/babyai_refine.yaml; rl/experiments/pipeline_refine.py); null = skip
     runs_dir: str = "runs"  # parent folder of the run
     data_dir: str = "data"  # parent folder of the datasets
     arch: str = "vlmr-small"  # architecture of every model in the chain
@@ -78,12 +84,15 @@ class PipelineConfig:
     def __post_init__(self):
         from vlmr.calibrate.paraphrases import check_paraphrase
 
+        if self.refine is not None and self.compare is None:
+            raise ValueError("refine replays the compare's agents: give a compare section, or set refine: null")
+
         for template in self.paraphrases:  # before any stage runs, not at the evaluation an hour later
             check_paraphrase(template)
 
 
 STAGES = ("collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "control", "calibrate_zero_shot",
-          "calibrate_adapted", "calibrate_control", "evaluate", "compare")
+          "calibrate_adapted", "calibrate_control", "evaluate", "compare", "refine", "compare_refined")
 
 
 def check_stage_names(force: set[str], stop_after: str | None) -> None:
@@ -118,6 +127,9 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict,
                                 cfg.paraphrases)
     compare_report = run_compare(cfg, runner, run_dir, models, data["domain"]) if cfg.compare is not None else None
+    if cfg.refine is not None:  # needs the compare's agents: refine_config says so when there are none
+        refined = run_refine(cfg, runner, run_dir, models, data["domain"])
+        compare_report = run_compare(cfg, runner, run_dir, models, data["domain"], refined)
 
     report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,
                                 time.perf_counter() - t_start)

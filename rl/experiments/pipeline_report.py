@@ -42,6 +42,7 @@ def write_final_report(cfg: PipelineConfig, run_dir: Path, rows: list[dict], cal
         lines += [wording_table(evaluated["models"]), ""]
     lines += [f"- calibration report, {arm}: [{p.relative_to(run_dir)}]({p.relative_to(run_dir)})"
               for arm, p in cal_reports.items()]
+    lines += refine_lines(run_dir)
     if compare_report is not None:
         rel = compare_report.relative_to(run_dir)
         lines += ["", "## Agents (ground-truth success)", "", f"See [{rel}]({rel}).", ""]
@@ -84,3 +85,25 @@ def group_lines(models: list[dict]) -> list[str]:
             cells.append(" / ".join(fmt(own.get(k)) for k in ("auroc", "precision", "recall")) if rec else "n/a")
         lines.append(f"| {group} | {count} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def refine_lines(run_dir: Path) -> list[str]:
+    """The refine stage's rounds: rollout frames recorded, and the refined model's test metrics per dataset."""
+    summary_path = run_dir / "refine" / "summary.json"
+    if not summary_path.is_file():
+        return []
+    summary = read_json(summary_path, "refine summary")
+    lines = ["## On-policy refinement", "",
+             "The adapted model's agents were replayed with its reward; the frames where it fired and a sample of the "
+             "others, labelled by the environment, joined the fine-tuning data (from the adapted adapter) and the "
+             "calibration's fit split. Test metrics of each round's refined model, per dataset (pooled view: every "
+             "frame and goal):", "",
+             "| round | rollout episodes | fired frames | dataset | test precision | recall | AUROC |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary["rounds"]:
+        cal = read_json(Path(r["calibration"]), "refined calibration")
+        for d in cal["metrics"].get("datasets") or []:
+            m = d["pooled"]
+            lines.append(f"| {r['round']} | {r['rollout_counts']['episodes']} | {r['rollout_counts']['fired']} | "
+                         f"{d['name']} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('auroc'))} |")
+    return lines + ["", "The agents trained on the refined reward are the `refined` arm below.", ""]

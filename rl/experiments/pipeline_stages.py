@@ -211,9 +211,11 @@ def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path],
 
 # ------------------------------------------------------------------------------------------------ agents
 def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path],
-                domain: Path) -> Path:
-    """PPO agents on each reward model (and the env's own reward), judged on ground-truth success."""
+                domain: Path, refined: Path | None = None) -> Path:
+    """PPO agents on each reward model (and the env's own reward), judged on ground-truth success. With `refined`
+    (the refine stage's model) this is the `compare_refined` stage: the same compare plus the refined arm."""
     from vlmr.rl.experiments.compare import CompareConfig, compare
+    from vlmr.rl.experiments.pipeline_refine import refined_arms
 
     out = run_dir / "compare"
     arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
@@ -224,20 +226,32 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     if not ccfg.contrasts:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
     if ccfg.goals == "holdout":  # agents on the goals fine-tuning never saw: does adaptation help there too?
-        from vlmr.rl.agent.vector_envs import env_goal_set
-
-        held = read_json(domain / "manifest.json", "dataset manifest").get("holdout_goals") or []
-        missions = env_goal_set(ccfg.rl.env_id) or []
-        if not [g for g in held if g in missions]:  # the data may span families the agents' env does not have
-            raise VlmrError(f"compare goals=holdout: the domain data {domain} holds out no mission of "
-                            f"{ccfg.rl.env_id} ({len(held)} held-out goals); set the domain's holdout_goals "
-                            "(a list or one_in_three_pairs) or drop compare.set.goals")
-        ccfg = dataclasses.replace(ccfg, goals=[g for g in held if g in missions])
+        ccfg = dataclasses.replace(ccfg, goals=holdout_missions(domain, ccfg.rl.env_id))
+    if refined is not None:
+        ccfg = refined_arms(ccfg, refined)
+        models = {**models, "refined": refined}
 
     def body():
         res = compare(ccfg)
         return "final success " + ", ".join(f"{a['name']} {a['final_success_mean']:.2f}" for a in res["arms"])
 
-    runner.run("compare", {"config": dataclasses.asdict(ccfg), **_model_identities(models)},
-               lambda: (out / "results.json").is_file(), body)
+    def valid():  # results.json is shared: after a rerun of `compare` alone it lacks the refined arm
+        arms = [a["name"] for a in read_json(out / "results.json", "compare results")["arms"]]
+        return refined is None or "refined" in arms
+
+    runner.run("compare" if refined is None else "compare_refined",
+               {"config": dataclasses.asdict(ccfg), **_model_identities(models)}, valid, body)
     return out / "report.md"
+
+
+def holdout_missions(domain: Path, env_id: str) -> list[str]:
+    """The domain data's held-out goals that are missions of the agents' env (the data may span more families)."""
+    from vlmr.rl.agent.vector_envs import env_goal_set
+
+    held = read_json(domain / "manifest.json", "dataset manifest").get("holdout_goals") or []
+    missions = env_goal_set(env_id) or []
+    if not [g for g in held if g in missions]:
+        raise VlmrError(f"compare goals=holdout: the domain data {domain} holds out no mission of {env_id} "
+                        f"({len(held)} held-out goals); set the domain's holdout_goals (a list or "
+                        "one_in_three_pairs) or drop compare.set.goals")
+    return [g for g in held if g in missions]

@@ -1,0 +1,93 @@
+"""The pipeline's on-policy stages: `refine` the adapted reward model on its agents' rollouts, then
+`compare_refined`, PPO agents on the refined reward beside the other arms.
+
+    refine:                              # in a pipeline YAML (configs/pipeline/babyai_demo.yaml)
+      config: ../refine/babyai_refine.yaml
+      set: {rounds: 1}
+
+Inside a pipeline the refine config's paths are the chain's own: the compare's agents of arm `adapted`,
+its reward model and calibration, the domain data, runs/<name>/refine/. Its fine-tune is the pipeline's
+`adapt` stage (same YAML and `set`, so each size of a scaling study keeps its settings) with the refine
+config's `finetune.set` on top; its calibration is the pipeline's `calibrate` stage.
+
+The refined arm's agents train in the same compare folder, so the arms already trained are reused and
+results.json holds every arm; `refined - adapted` joins the contrasts (same seeds: paired).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vlmr.rl.experiments.stage_runner import StageRunner, deep_merge, stage_config
+
+from vlmr.core.config import read_config_data
+from vlmr.core.errors import VlmrError
+from vlmr.core.files import read_json, sha256_file
+
+ARM, REFINED = "adapted", "refined"
+
+
+def refine_config(cfg, run_dir: Path, models: dict[str, Path], domain: Path):
+    """The RefineConfig of a chain: the refine YAML and its `set`, wired to the chain's outputs."""
+    from vlmr.rl.experiments.refine import RefineConfig
+
+    if ARM not in models:
+        raise VlmrError(f"pipeline {cfg.name}: the refine stage refines arm {ARM!r}, which this chain has no model for")
+    if cfg.compare is None:
+        raise VlmrError(f"pipeline {cfg.name}: the refine stage replays the compare's agents; give a compare section "
+                        "or drop refine")
+    _, data = read_config_data(RefineConfig, cfg.refine.config)
+    own = deep_merge(data, cfg.refine.set).get("finetune") or {}
+    rm = models[ARM]
+    wiring = {"compare_dir": str(run_dir / "compare"), "arm": ARM, "parent": str(rm),
+              "calibration": str(rm / "calibration.json"), "data": str(domain), "out_dir": str(run_dir / "refine"),
+              "strict": cfg.strict,
+              "finetune": {"config": cfg.adapt.config, "set": deep_merge(cfg.adapt.set, own.get("set") or {})},
+              "calibrate": {"config": cfg.calibrate.config, "set": cfg.calibrate.set}}
+    return stage_config(RefineConfig, dataclasses.replace(cfg.refine, set=_without_paths(cfg.refine.set)), wiring,
+                        "refine")
+
+
+def _without_paths(values: dict) -> dict:
+    """`set` minus the keys the chain wires itself (a user's finetune.set survives, merged above)."""
+    return {k: v for k, v in values.items() if k not in ("finetune", "calibrate")}
+
+
+def run_refine(cfg, runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path) -> Path:
+    """The `refine` stage; returns the refined reward-model dir."""
+    from vlmr.rl.experiments.pipeline_stages import _model_identities
+    from vlmr.rl.experiments.refine import refine
+
+    rcfg = refine_config(cfg, run_dir, models, domain)
+    refined = Path(rcfg.out_dir) / f"round_{rcfg.rounds}" / "finetune" / "reward_model"
+    agents = sorted((run_dir / "compare" / "runs" / ARM).glob("seed-*/agent.pt"))
+    fingerprint = {"config": dataclasses.asdict(rcfg), **_model_identities({ARM: models[ARM]}),
+                   "agents": {p.parent.name: sha256_file(p) for p in agents},
+                   "domain": sha256_file(domain / "manifest.json")}
+
+    def body():
+        refine(rcfg)
+        summary = read_json(Path(rcfg.out_dir) / "summary.json", "refine summary")
+        counts = summary["rounds"][-1]["rollout_counts"]
+        return (f"{rcfg.rounds} round(s); last: {counts['fired']} fired frames in {counts['episodes']} episodes; "
+                + "; ".join(s["summary"] for s in summary["steps"] if s["stage"].endswith("_calibrate"))[-160:])
+
+    def valid():
+        from vlmr.rl.experiments.pipeline_stages import _calibration_current
+
+        return _calibration_current(refined)
+
+    runner.run("refine", fingerprint, valid, body)
+    return refined
+
+
+def refined_arms(ccfg, refined: Path):
+    """The compare config with the refined arm added and `refined - adapted` among the contrasts."""
+    from vlmr.rl.experiments.compare import ArmConfig
+
+    arms = {**ccfg.reward_models, REFINED: ArmConfig(reward_model=str(refined),
+                                                     calibration=str(refined / "calibration.json"))}
+    contrasts = [*ccfg.contrasts, *([(REFINED, ARM)] if (REFINED, ARM) not in ccfg.contrasts else [])]
+    # added last, so the default goal model (the first reward arm) stays the one the other arms' agents used
+    return dataclasses.replace(ccfg, reward_models=arms, contrasts=contrasts)
