@@ -200,6 +200,8 @@ def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys
     cfg = yaml.safe_load(open(path))
     # a recall-heavy threshold, so the barely trained reward fires on the agents' frames and the rollouts have some
     cfg["calibrate"]["set"].update({"criterion": "fbeta", "f_beta": 10.0})
+    # goals held out of fine-tuning: the models are prompted for the seen goals only and score the others as new
+    cfg["domain"]["set"]["holdout_goals"] = "one_in_three_pairs"
     cfg["refine"] = {"config": "configs/refine/babyai_refine.yaml",
                      "set": {"rollouts": {"episodes_per_agent": 16, "episodes_per_shard": 4, "num_envs": 4},
                              "finetune": {"set": {"trainer": {"max_steps": 2}}}}}
@@ -218,7 +220,13 @@ def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys
     results = json.loads((run_dir / "compare" / "results.json").read_text())
     assert [a["name"] for a in results["arms"]] == ["ground_truth", "zero_shot", "adapted", "refined"]
     assert "refined_minus_adapted/final_success" in results["comparisons"]
-    assert "## On-policy refinement" in report.read_text() and "| refined |" in report.read_text()
+    text = report.read_text()
+    assert "## On-policy refinement" in text and "| refined |" in text
+    spec = json.loads((run_dir / "adapted" / "reward_model" / "reward_model.json").read_text())
+    held = json.loads((tmp_path / "data" / "smoke_domain" / "manifest.json").read_text())["holdout_goals"]
+    assert len(held) == 6 and not set(held) & set(spec["goals"]) and not set(held) & set(spec["goal_prompts"])
+    evaluated = json.loads((run_dir / "evaluate" / "results.json").read_text())
+    assert {"seen", "held out"} <= set(evaluated["models"][1]["metrics"]["groups"]) and "| held out | 6 |" in text
 
     capsys.readouterr()
     pipeline(load_config(PipelineConfig, str(path)))
