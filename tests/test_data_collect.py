@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import shutil
 import warnings
 
@@ -274,6 +275,13 @@ def test_top_ups_give_every_goal_its_positives_in_every_split_and_resume_exactly
     before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
     collect(coverage_cfg(tmp_path / "d"), resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    # a minimum for val alone (what calibration's guarantee needs): val keeps its top-ups, the other splits lose theirs
+    collect(coverage_cfg(tmp_path / "d", min_positives_per_split={"val": 4}), resume=True, progress=False)
+    shards = {s: sorted(p.name for p in out.glob(f"{s}-*.tar")) for s in ("train", "val", "test")}
+    assert len(shards["train"]) == len(shards["test"]) == 2 and len(shards["val"]) > 2
+    assert all(before[name] == (out / name).read_bytes() for name in shards["val"])
+    with pytest.raises(VlmrError, match=r"min_positives_per_split names \['vall'\]; its keys are the splits"):
+        collect(coverage_cfg(tmp_path / "e", min_positives_per_split={"vall": 4}), progress=False)
     collect(coverage_cfg(tmp_path / "d", min_positives_per_split=0), resume=True, progress=False)
     assert sorted(p.name for p in out.glob("*.tar")) == [f"{s}-00000{i}.tar" for s in ("test", "train", "val")
                                                          for i in (0, 1)]
@@ -285,7 +293,7 @@ def test_a_goal_that_cannot_be_covered_is_dropped_or_stops_strict_collection(tmp
         out = collect(cfg, progress=False)
     m = read_manifest(out)
     assert m["dropped_goals"] and not set(m["dropped_goals"]) & set(m["goals"])
-    assert all("min_positives_per_split 4" in why for why in m["dropped_goals"].values())
+    assert all(re.search(r"< 4 .*\(min_positives_per_split\)", why) for why in m["dropped_goals"].values())
     with pytest.raises(VlmrError, match="dropped from the goal set"):
         collect(dataclasses.replace(cfg, strict=True, overwrite=True), progress=False)
     with pytest.raises(VlmrError, match="no goal reaches min_positives_per_split=500"):

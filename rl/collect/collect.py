@@ -79,7 +79,8 @@ class CollectConfig:
     shapes_max_objects: int = 3  # shapes: most objects per scene
     shapes_viewer_prob: float = 0.35  # shapes: share of viewer scenes ("right in front of you")
     overwrite: bool = False  # replace an existing dataset in out_dir (with --resume: only one of another config)
-    min_positives_per_split: int = 0  # every goal gets at least this many positive frames in each split: top-up
+    min_positives_per_split: int | dict[str, int] = 0  # every goal gets at least this many positive frames in each
+    # split, or per split ({train: 100, val: 250, test: 100}: calibration's guarantee needs val positives most): top-up
     # shards aim episodes at short goals (rl/collect/coverage.py); a goal that cannot is dropped from the set
     max_topup_ratio: float = 1.0  # top-up frames per split at most this multiple of the split's planned frames
     coverage_splits: list[str] | None = None  # splits that get top-ups; null = every split with frames (a
@@ -101,7 +102,11 @@ def validate(cfg: CollectConfig) -> None:
         raise VlmrError(f"negative_keep={cfg.negative_keep} must be in (0, 1]")
     if cfg.frames.train < 1 or cfg.frames.val < 0 or cfg.frames.test < 0:
         raise VlmrError(f"frames={cfg.frames} must be positive (train >= 1)")
-    if cfg.min_positives_per_split < 0 or cfg.max_topup_ratio < 0:
+    minimum = cfg.min_positives_per_split
+    if isinstance(minimum, dict) and set(minimum) - set(SPLITS):
+        raise VlmrError(f"min_positives_per_split names {sorted(set(minimum) - set(SPLITS))}; its keys are the splits "
+                        f"{', '.join(SPLITS)}")
+    if min(minimum.values() if isinstance(minimum, dict) else [minimum], default=0) < 0 or cfg.max_topup_ratio < 0:
         raise VlmrError(f"min_positives_per_split={cfg.min_positives_per_split} and max_topup_ratio="
                         f"{cfg.max_topup_ratio} must be >= 0")
 

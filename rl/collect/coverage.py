@@ -48,17 +48,21 @@ def split_goals(split: str, goals: list[str], holdout: list[str]) -> list[str]:
     return [g for g in goals if g not in holdout] if split == "train" else goals
 
 
+def split_minimum(minimum: int | dict[str, int], split: str) -> int:
+    """min_positives_per_split of one split (one number for every split, or {split: number}; absent: 0)."""
+    return minimum.get(split, 0) if isinstance(minimum, dict) else minimum
+
+
 def topup_tasks(cfg, done: dict, planned: dict[str, int], goals: list[str], holdout: list[str] = ()) -> list[tuple]:
     """The next round of top-up shards: (split, index, frames, focus goals) for each split still short."""
     tasks = []
-    if cfg.min_positives_per_split <= 0:
-        return tasks
     for split, count in planned.items():
         frames = getattr(cfg.frames, split)
-        if frames <= 0:
+        minimum = split_minimum(cfg.min_positives_per_split, split)
+        if frames <= 0 or minimum <= 0:
             continue
         records = [rec for (s, _), rec in sorted(done.items()) if s == split]
-        short = short_goals(records, split_goals(split, goals, holdout), cfg.min_positives_per_split)
+        short = short_goals(records, split_goals(split, goals, holdout), minimum)
         extra = sum(rec["samples"] for (s, i), rec in done.items() if s == split and i >= count)
         budget = math.ceil(cfg.max_topup_ratio * frames) - extra
         # a round that added nothing for its focus goals will not do better with the same focus
@@ -74,18 +78,17 @@ def _helped(rec: dict) -> bool:
     return any(rec.get("positives", {}).get(g, 0) > 0 for g in focus)
 
 
-def coverage_notes(done: dict, planned: dict[str, int], goals: list[str], minimum: int, frames,
+def coverage_notes(done: dict, planned: dict[str, int], goals: list[str], minimum: int | dict[str, int], frames,
                    holdout: list[str] = ()) -> dict[str, str]:
     """Goal -> why it is dropped: the splits where it stayed below the minimum after every top-up."""
     notes: dict[str, list[str]] = {}
-    if minimum <= 0:
-        return {}
     for split in planned:
-        if getattr(frames, split) <= 0:
+        need = split_minimum(minimum, split)
+        if getattr(frames, split) <= 0 or need <= 0:
             continue
         counts = positive_counts([rec for (s, _), rec in done.items() if s == split])
         for g in split_goals(split, goals, holdout):
-            if counts.get(g, 0) < minimum:
-                notes.setdefault(g, []).append(f"{split} {counts.get(g, 0)}")
-    return {g: f"positive frames {', '.join(parts)} < min_positives_per_split {minimum} after top-ups"
+            if counts.get(g, 0) < need:
+                notes.setdefault(g, []).append(f"{split} {counts.get(g, 0)} < {need}")
+    return {g: f"positive frames {', '.join(parts)} (min_positives_per_split) after top-ups"
             for g, parts in notes.items()}

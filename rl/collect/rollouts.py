@@ -1,6 +1,6 @@
 """The rollout recorder: trained agents' own frames, labelled with the env's ground truth, as a dataset.
 
-    vlmr refine configs/refine/babyai.yaml        # records, fine-tunes and recalibrates (rl/experiments/refine.py)
+    vlmr refine configs/refine/babyai_refine.yaml   # records, fine-tunes and recalibrates (rl/experiments/refine.py)
     python -c "from vlmr.rl.collect.rollouts import RolloutConfig, record_rollouts; \
         record_rollouts(RolloutConfig(), 'runs/demo/compare', 'data/demo_rollouts', arm='adapted', \
                         data_dir='data/demo_domain')"
