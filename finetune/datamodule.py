@@ -236,10 +236,14 @@ class ShardDataModule(pl.LightningDataModule):
 
     def shard_sizes(self, split: str = "train") -> list[int]:
         """Samples per shard of a split as loaded: train without the select split's episodes (read from the
-        shards' meta.json members; the frames are not decoded)."""
+        shards' meta.json members; the frames are not decoded), and none from a shard that fails its hash,
+        which the loader skips."""
         import tarfile
 
-        entries = self.manifest["splits"][split]["shards"]
+        from vlmr.core.integrity import checks_enabled, shard_problem
+
+        entries = [e for e in self.manifest["splits"][split]["shards"]
+                   if not checks_enabled() or shard_problem(Path(self.data_dir) / e["name"], e) is None]
         if self.select_fraction == 0 or split != "train":
             return [int(s["samples"]) for s in entries]
         sizes = []

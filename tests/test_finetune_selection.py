@@ -27,6 +27,22 @@ def test_select_split_is_carved_from_train_by_env_seed(babyai_dataset):
     assert ShardDataModule(babyai_dataset).val_split == "val"
 
 
+def test_shard_sizes_leave_out_a_shard_the_loader_will_skip(tmp_path, babyai_dataset):
+    """DDP ranks step together on the batches every rank is sure to have: a damaged shard has none."""
+    import shutil
+
+    from vlmr.finetune.train import ddp_batch_limit
+
+    data = tmp_path / "d"
+    shutil.copytree(babyai_dataset, data)
+    dm = ShardDataModule(data, batch_size=8, shuffle_buffer=0)
+    sizes = dm.shard_sizes("train")
+    shard = sorted(data.glob("train-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:-1024])  # truncated
+    assert sorted(dm.shard_sizes("train")) == sorted(sizes[1:])
+    assert ddp_batch_limit(dm, "train", 1, 8) == sum(sizes[1:]) // 8
+
+
 def test_early_stopping_stops_on_a_plateau_and_exports_the_best_checkpoint(tmp_path, babyai_dataset):
     # a learning rate this high wrecks the model within a few steps: the best validation comes early
     cfg = make_cfg(tmp_path, babyai_dataset, data={"select_fraction": 0.3}, optim={"lr": 0.5, "warmup_steps": 0},
