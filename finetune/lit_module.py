@@ -248,10 +248,10 @@ class ClipFinetuneModule(pl.LightningModule):
         # gathered every rank's predictions, so the values agree on all ranks.
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items() if v is not None})
         self.log_sample_table()
-        loss = self.trainer.callback_metrics.get("val/loss") if self.trainer is not None else None
         if self.trainer is not None and self.trainer.state.fn == "fit":  # the learning curve, not re-validations
-            self.val_history.append({"step": self.global_step, **self.val_summary,
-                                     "val/loss": None if loss is None else float(loss)})
+            # the loss and each of its terms: early stopping may watch any of them (val/loss_contrastive)
+            losses = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/loss")}
+            self.val_history.append({"step": self.global_step, **self.val_summary, "val/loss": None, **losses})
         self.val_step_seen = self.global_step
 
     def log_sample_table(self):

@@ -112,3 +112,10 @@ def test_evaluate_batch_size_and_scaling_sizes_out_of_range():
         build_config(EvaluateConfig, {"models": [{"dir": "m"}], "data": "d", "batch_size": 0})
     with pytest.raises(VlmrError, match=r"key 'frame_size': Input should be greater than or equal to 1"):
         build_config(ScalingModel, {"arch": "vlmr-tiny", "image_size": 64, "frame_size": 0})
+
+
+def test_reports_name_shipped_configs_without_the_install_path(tmp_path):
+    from vlmr.core.config import config_label, resolve_config
+
+    assert config_label(resolve_config("babyai_demo", "pipeline")) == "pipeline/babyai_demo"
+    assert config_label(tmp_path / "mine.yaml") == str(tmp_path / "mine.yaml")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from vlmr.rl.experiments.scaling_report import agents_of, write_outputs
 from vlmr.rl.experiments.scaling_rows import chain_seconds, guarantee_record, kept_rows, training_records
 
-from vlmr.core.config import PositiveInt, config_dataclass, stage_main
+from vlmr.core.config import PositiveInt, config_dataclass, config_label, stage_main
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import check_writable, read_json
 
@@ -124,7 +124,8 @@ def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None 
             print(f"scaling: {model.arch} left out of the report: its chain is not finished ({e})")
     if not rows:
         raise VlmrError(f"scaling {cfg.name}: no size's chain is finished yet; run `vlmr scaling CONFIG --only ARCH`")
-    path = write_outputs(cfg.name, cfg.pipeline, rows, Path(cfg.runs_dir) / cfg.name, dataclasses.asdict(cfg))
+    config = dataclasses.asdict(cfg) | {"pipeline": config_label(cfg.pipeline)}  # results.json travels (README)
+    path = write_outputs(cfg.name, config["pipeline"], rows, Path(cfg.runs_dir) / cfg.name, config)
     print(f"scaling {cfg.name}: {len(rows)} models; report: {path}")
     return path
 

@@ -20,10 +20,14 @@ from vlmr.core.metrics import pooled_count_metrics
 TRAINED_STAGES = ("base", "adapted")  # the stages whose budget is set by early stopping in the scaling config
 
 
-def _monitor(run_json: Path) -> str | None:
+def _monitor(run_json: Path) -> tuple[str | None, str | None]:
+    """(the metric early stopping watched, the curve key that holds it). Curves of runs from before vlmr kept
+    each loss term hold only val/loss, which is that term when it is the run's only one, at weight 1."""
     cfg = read_json(run_json, "finetune run record").get("config") or {} if run_json.is_file() else {}
-    stopping = (cfg.get("trainer") or {}).get("early_stopping") or {}
-    return stopping.get("monitor")
+    monitor = ((cfg.get("trainer") or {}).get("early_stopping") or {}).get("monitor")
+    terms = {k: w for k, w in (cfg.get("loss") or {}).items() if k in ("contrastive", "goal", "sigmoid") and w}
+    alone = monitor is not None and terms == {monitor.removeprefix("val/loss_"): 1.0}
+    return monitor, "val/loss" if alone else monitor
 
 
 def training_records(run_dir: Path) -> dict:
@@ -34,8 +38,8 @@ def training_records(run_dir: Path) -> dict:
         if not path.is_file():  # a ready-made base (base_pretrained) has no base stage
             continue
         s = read_json(path, "finetune summary")
-        monitor = _monitor(run_dir / stage / "run.json")
-        curve = [{"step": p["step"], "value": p.get(monitor)} for p in s.get("val_curve") or [] if monitor]
+        monitor, key = _monitor(run_dir / stage / "run.json")
+        curve = [{"step": p["step"], "value": p.get(monitor, p.get(key))} for p in s.get("val_curve") or [] if monitor]
         out[stage] = {"steps": s.get("steps"), "best_step": s.get("best_step"),
                       "stopped_early": s.get("stopped_early"), "train_seconds": s.get("train_seconds"),
                       "monitor": monitor, "curve": curve}

@@ -111,6 +111,15 @@ def shipped_configs() -> dict[str, Path]:
     return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.glob("*/*.yaml"))}
 
 
+def config_label(path: str | Path) -> str:
+    """How reports name a config file: a shipped one by its name (`pipeline/babyai_demo`), so that no
+    machine's install path lands in a report that travels; any other as given."""
+    try:
+        return Path(path).resolve().relative_to(shipped_config_dir().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return str(path)
+
+
 def resolve_config(name: str | Path, kind: str | None = None) -> Path:
     """A config file from a path, or a shipped config by name.
 
