@@ -73,6 +73,7 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
     from vlmr.rl.experiments.pipeline_stages import headline
 
     evaluated = read_results(run_dir / "evaluate" / "results.json")
+    evaluated_names = {m["name"] for m in evaluated["models"]}
     arms, views = {}, set()
     for m in evaluated["models"]:
         view, head = headline(m["metrics"]["macro"])  # own-goal on BabyAI, pooled where frames have no mission
@@ -83,14 +84,32 @@ def collect_row(run_dir: Path, model: ScalingModel) -> dict:
     comparisons, interval = {}, None
     compare = run_dir / "compare" / "results.json"
     if compare.is_file():
-        agents, comparisons, interval = agents_of(read_json(compare, "compare results"), str(compare))
+        results = read_json(compare, "compare results")
+        agents, comparisons, interval = agents_of(results, str(compare))
         for name, record in agents.items():
             arms.setdefault(name, {}).update(record)
+        for arm in results["arms"]:  # a model the evaluation did not score (refined): its calibration's test
+            if arm["name"] not in evaluated_names and arm.get("calibration"):  # metrics on the same domain split
+                arms[arm["name"]].update(domain_test_quality(Path(arm["calibration"]), evaluated["data"]["name"]))
     params = parameter_count(run_dir / "base" / "reward_model" / "open_clip_model.safetensors")
     return {"arch": model.arch, "image_size": model.image_size, "frame_size": model.frame_size or model.image_size,
             "params": params, "run_dir": str(run_dir), "view": "/".join(sorted(views)), "arms": arms,
             "comparisons": comparisons, "interval": interval, "training": training_records(run_dir),
             "chain_seconds": chain_seconds(run_dir)}
+
+
+def domain_test_quality(calibration: Path, dataset: str) -> dict:
+    """AUROC, precision and recall (own-goal, else pooled) of a calibration's test metrics on the named dataset:
+    a model calibrated on several datasets (refine's extra_data) reports each one's own."""
+    from vlmr.rl.experiments.pipeline_stages import headline
+
+    cal = read_json(calibration, "calibration")
+    sets = cal["metrics"].get("datasets") or [{"name": cal["fit"]["data"].get("name"), "macro": cal["metrics"]["macro"]}]
+    macro = next((d["macro"] for d in sets if d.get("name") == dataset), None)
+    if macro is None:
+        return {}
+    _, head = headline(macro)
+    return {k: head.get(k) for k in ("auroc", "precision", "recall")}
 
 
 def scaling(cfg: ScalingConfig, plot_only: bool = False, only: list[str] | None = None) -> Path:
