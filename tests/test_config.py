@@ -119,3 +119,16 @@ def test_reports_name_shipped_configs_without_the_install_path(tmp_path):
 
     assert config_label(resolve_config("babyai_demo", "pipeline")) == "pipeline/babyai_demo"
     assert config_label(tmp_path / "mine.yaml") == str(tmp_path / "mine.yaml")
+
+
+def test_the_demo_with_refinement_is_the_demo_plus_its_refine_section():
+    """babyai_demo_refine.yaml repeats the demo's keys so that it runs in the same folder, skipping the demo's
+    finished stages; a key changed in one file only would make it rerun the demo's chain from there."""
+    import dataclasses
+
+    from vlmr.rl.experiments.pipeline import PipelineConfig
+
+    demo = dataclasses.asdict(load_config(PipelineConfig, "babyai_demo", kind="pipeline"))
+    refine = dataclasses.asdict(load_config(PipelineConfig, "babyai_demo_refine", kind="pipeline"))
+    assert demo.pop("refine") is None and refine.pop("refine")["config"].endswith("refine/babyai_refine.yaml")
+    assert demo == refine
