@@ -93,7 +93,7 @@ def refine_lines(run_dir: Path) -> list[str]:
     if not summary_path.is_file():
         return []
     summary = read_json(summary_path, "refine summary")
-    lines = ["## On-policy refinement", "",
+    lines = ["", "## On-policy refinement", "",
              "The adapted model's agents were replayed with its reward; the frames where it fired and a sample of the "
              "others, labelled by the environment, joined the fine-tuning data (from the adapted adapter) and the "
              "calibration's fit split. Test metrics of each round's refined model, per dataset (pooled view: every "
@@ -106,4 +106,8 @@ def refine_lines(run_dir: Path) -> list[str]:
             m = d["pooled"]
             lines.append(f"| {r['round']} | {r['rollout_counts']['episodes']} | {r['rollout_counts']['fired']} | "
                          f"{d['name']} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('auroc'))} |")
+    guarantee = read_json(Path(summary["rounds"][-1]["calibration"]), "refined calibration").get("guarantee") or {}
+    if guarantee.get("goals"):
+        lines += ["", f"Goals with a guaranteed threshold in the last round's calibration: {guarantee['guaranteed']} "
+                      f"of {guarantee['goals']}."]
     return lines + ["", "The agents trained on the refined reward are the `refined` arm below.", ""]
