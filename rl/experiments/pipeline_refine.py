@@ -45,12 +45,12 @@ def refine_config(cfg, run_dir: Path, models: dict[str, Path], domain: Path):
               "strict": cfg.strict,
               "finetune": {"config": cfg.adapt.config, "set": deep_merge(cfg.adapt.set, own.get("set") or {})},
               "calibrate": {"config": cfg.calibrate.config, "set": cfg.calibrate.set}}
-    return stage_config(RefineConfig, dataclasses.replace(cfg.refine, set=_without_paths(cfg.refine.set)), wiring,
+    return stage_config(RefineConfig, dataclasses.replace(cfg.refine, set=_without_stage_sections(cfg.refine.set)), wiring,
                         "refine")
 
 
-def _without_paths(values: dict) -> dict:
-    """`set` minus the keys the chain wires itself (a user's finetune.set survives, merged above)."""
+def _without_stage_sections(values: dict) -> dict:
+    """`set` minus the stage sections the chain wires itself (its finetune.set is merged into them above)."""
     return {k: v for k, v in values.items() if k not in ("finetune", "calibrate")}
 
 
