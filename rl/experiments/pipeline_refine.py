@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlmr.rl.experiments.stage_runner import StageRunner, deep_merge, stage_config
+from vlmr.rl.experiments.stage_runner import StageRunner, deep_merge
 
-from vlmr.core.config import read_config_data
+from vlmr.core.config import build_config, read_config_data
 from vlmr.core.errors import VlmrError
 from vlmr.core.files import read_json, sha256_file
 
@@ -29,41 +29,35 @@ ARM, REFINED = "adapted", "refined"
 
 
 def refine_config(cfg, run_dir: Path, models: dict[str, Path], domain: Path):
-    """The RefineConfig of a chain: the refine YAML and its `set`, wired to the chain's outputs."""
+    """The RefineConfig of a chain: the refine YAML and its `set`, wired to the chain's outputs
+    (PipelineConfig already refuses a refine section without a compare)."""
     from vlmr.rl.experiments.refine import RefineConfig
 
     if ARM not in models:
         raise VlmrError(f"pipeline {cfg.name}: the refine stage refines arm {ARM!r}, which this chain has no model for")
-    if cfg.compare is None:
-        raise VlmrError(f"pipeline {cfg.name}: the refine stage replays the compare's agents; give a compare section "
-                        "or drop refine")
-    _, data = read_config_data(RefineConfig, cfg.refine.config)
-    own = deep_merge(data, cfg.refine.set).get("finetune") or {}
+    path, data = read_config_data(RefineConfig, cfg.refine.config)
+    data = deep_merge(data, cfg.refine.set)
+    own = (data.pop("finetune", None) or {}).get("set") or {}  # the chain's adapt section, with this on top
+    data.pop("calibrate", None)
     rm = models[ARM]
     wiring = {"compare_dir": str(run_dir / "compare"), "arm": ARM, "parent": str(rm),
               "calibration": str(rm / "calibration.json"), "data": str(domain), "out_dir": str(run_dir / "refine"),
-              "strict": cfg.strict,
-              "finetune": {"config": cfg.adapt.config, "set": deep_merge(cfg.adapt.set, own.get("set") or {})},
+              "strict": cfg.strict, "finetune": {"config": cfg.adapt.config, "set": deep_merge(cfg.adapt.set, own)},
               "calibrate": {"config": cfg.calibrate.config, "set": cfg.calibrate.set}}
-    return stage_config(RefineConfig, dataclasses.replace(cfg.refine, set=_without_stage_sections(cfg.refine.set)), wiring,
-                        "refine")
-
-
-def _without_stage_sections(values: dict) -> dict:
-    """`set` minus the stage sections the chain wires itself (its finetune.set is merged into them above)."""
-    return {k: v for k, v in values.items() if k not in ("finetune", "calibrate")}
+    return build_config(RefineConfig, deep_merge(data, wiring), f"{path} (pipeline stage refine)")
 
 
 def run_refine(cfg, runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path) -> Path:
     """The `refine` stage; returns the refined reward-model dir."""
+    from vlmr.rl.collect.rollouts import find_agents
     from vlmr.rl.experiments.pipeline_stages import _model_identities
     from vlmr.rl.experiments.refine import refine
 
     rcfg = refine_config(cfg, run_dir, models, domain)
     refined = Path(rcfg.out_dir) / f"round_{rcfg.rounds}" / "finetune" / "reward_model"
-    agents = sorted((run_dir / "compare" / "runs" / ARM).glob("seed-*/agent.pt"))
+    agents = find_agents(rcfg.compare_dir, ARM)  # a compare without recorded agents fails here, in one line
     fingerprint = {"config": dataclasses.asdict(rcfg), **_model_identities({ARM: models[ARM]}),
-                   "agents": {p.parent.name: sha256_file(p) for p in agents},
+                   "agents": {f"seed-{seed}": sha256_file(p) for seed, p in agents.items()},
                    "domain": sha256_file(domain / "manifest.json")}
 
     def body():

@@ -100,13 +100,14 @@ def refine_lines(run_dir: Path) -> list[str]:
              "frame and goal):", "",
              "| round | rollout episodes | fired frames | dataset | test precision | recall | AUROC |",
              "|---|---|---|---|---|---|---|"]
+    cal = {}
     for r in summary["rounds"]:
         cal = read_json(Path(r["calibration"]), "refined calibration")
         for d in cal["metrics"].get("datasets") or []:
             m = d["pooled"]
             lines.append(f"| {r['round']} | {r['rollout_counts']['episodes']} | {r['rollout_counts']['fired']} | "
                          f"{d['name']} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('auroc'))} |")
-    guarantee = read_json(Path(summary["rounds"][-1]["calibration"]), "refined calibration").get("guarantee") or {}
+    guarantee = cal.get("guarantee") or {}  # the last round's
     if guarantee.get("goals"):
         lines += ["", f"Goals with a guaranteed threshold in the last round's calibration: {guarantee['guaranteed']} "
                       f"of {guarantee['goals']}."]
