@@ -15,7 +15,7 @@ from vlmr.rl.collect.collect import CollectConfig, SplitFrames, collect, main
 
 from vlmr.core.dataset import iter_split, load_split_arrays, read_manifest
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import read_json
+from vlmr.core.files import read_json, sha256_file
 
 
 def shapes_cfg(out, **kw) -> CollectConfig:
@@ -93,6 +93,10 @@ def test_overwrite_with_resume_keeps_matching_shards(tmp_path):
     first = (out / "train-000000.tar").stat().st_mtime_ns
     collect(shapes_cfg(out, overwrite=True), resume=True, progress=False)  # same config: continued
     assert (out / "train-000000.tar").stat().st_mtime_ns == first
+    # a re-collection that changes no shard keeps the manifest file, so stages keyed on its sha256 stay valid
+    manifest_sha = sha256_file(out / "manifest.json")
+    collect(shapes_cfg(out, overwrite=True, strict=True), resume=True, progress=False)
+    assert sha256_file(out / "manifest.json") == manifest_sha
     collect(shapes_cfg(out, overwrite=True, seed=9), resume=True, progress=False)  # other config: replaced
     assert read_manifest(out)["config"]["seed"] == 9 and len(keys(out, "train")) == 60
 

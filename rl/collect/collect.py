@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -117,9 +118,13 @@ def fingerprint(cfg: CollectConfig) -> str:
     The top-up settings are left out too: they decide which top-up shards exist, and each top-up shard's
     record holds its focus and size, so a changed setting rewrites just the top-ups it changes.
     """
-    unset = ("holdout_goals",) if not cfg.holdout_goals else ()  # datasets from before the key keep their identity
-    return config_fingerprint(cfg, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
-                                         "max_topup_ratio", "coverage_splits", *unset))
+    d = config_to_dict(cfg)
+    if cfg.holdout_goals:  # held-out goals' positives now leave train too: such datasets are collected anew
+        d["holdout_train"] = "no episodes, captions or positive frames of held-out goals"
+    else:  # datasets from before the key keep their identity
+        d.pop("holdout_goals")
+    return config_fingerprint(d, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
+                                       "max_topup_ratio", "coverage_splits"))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -143,8 +148,8 @@ def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, 
                     held: tuple[set[str], set[str]] | None = None):
     """The kept (key, frame, meta, own-goal positive) of one episode; with a focus, only an episode that reaches one.
 
-    held: (held-out goals, their colour-object phrases) in the train split: such episodes are skipped and
-    captions naming the phrases dropped.
+    held: (held-out goals, their colour-object phrases) in the train split: such episodes are skipped, frames
+    where a held-out goal holds are dropped, and captions naming the phrases dropped.
     """
     keep_rng = np.random.default_rng([env_seed, 7])
     steps = source.episode(env_seed, focus=focus) if focus and getattr(source, "aims", False) else \
@@ -155,6 +160,8 @@ def _episode_frames(cfg, source, env_seed: int, episode: int, focus: tuple[str, 
         labels, mission = m["labels"], m["mission"]
         if held and mission in held[0]:
             return [], rendered
+        if held and any(labels.get(g) for g in held[0]):  # a held-out goal reached by chance: its positive stays out
+            continue
         captions = clean_captions(m["captions"], held[1]) if held else m["captions"]
         positive = labels.get(mission, 0) if mission in labels else int(any(labels.values()))
         reached = reached or any(labels.get(g) for g in focus)
@@ -323,6 +330,13 @@ def _run_tasks(cfg: CollectConfig, todo, workers: int, bar) -> list[dict]:
         return [r.get() for r in pending]
 
 
+def _previous_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):  # none, or unreadable: written anew
+        return None
+
+
 def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
             progress: bool = True, stop_after: int | None = None) -> Path:
     """Collect the dataset described by `cfg`; returns its folder. `stop_after` (tests) stops after N shards."""
@@ -340,7 +354,8 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
     todo = [t for t in tasks if (t[0], t[1]) not in done]
     if stop_after is not None:
         todo = todo[:stop_after]
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    previous = _previous_manifest(out)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # until the end, the folder does not look complete
     t0 = time.perf_counter()
     bar = tqdm(total=sum(n for *_, n in todo), unit="frame", desc=f"collect {cfg.name}", disable=not progress,
                smoothing=0.1, dynamic_ncols=True)
@@ -380,7 +395,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
     manifest = write_manifest(out, name=cfg.name, source=cfg.source, goals=goals, image_size=cfg.image_size,
                               view=source.view, splits=splits, config=cfg_dict, run=run_info(cfg_dict, cfg.seed),
                               extra={"fingerprint": fp, "dropped_goals": dropped,
-                                     "holdout_goals": [g for g in holdout if g in goals]})
+                                     "holdout_goals": [g for g in holdout if g in goals]}, previous=previous)
     if progress:
         print(report(read_json(manifest), bar.n, seconds, workers))  # bar.n: the frames written by this run
     return out

@@ -7,9 +7,10 @@ A held-out goal measures generalisation to a goal never trained on, so no traini
 its colour-object pair:
 
 - train episodes whose mission is held out are skipped;
-- train captions that name a held-out pair ("a red ball right in front of the agent") are dropped;
-  a frame left without a caption gets NEUTRAL_CAPTION, so frames where such an object merely
-  appears stay in train;
+- train frames where a held-out goal holds (the agent faces or carries its object by chance) are
+  dropped: kept, they would teach the goal loss that the held-out goal's positives are no goal at all;
+- train captions that name a held-out pair ("a red ball in view") are dropped; a frame left without a
+  caption gets NEUTRAL_CAPTION, so frames where such an object merely appears stay in train;
 - val and test keep everything, and label every goal, held out or not.
 
 Fine-tuning then trains on the seen goals only (the manifest's `holdout_goals` leave its goal set),

@@ -65,7 +65,7 @@ def check_base_pretrained(cfg: PipelineConfig) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------ data
 def collect_data(cfg: PipelineConfig, runner: StageRunner, shapes: bool) -> dict[str, Path]:
     """The generic corpus (when `shapes`) at the model's input size, the domain at frame_size."""
-    from vlmr.rl.collect.collect import CollectConfig, collect
+    from vlmr.rl.collect.collect import CollectConfig, collect, fingerprint
 
     data = {}
     sources = (("shapes", cfg.shapes), ("domain", cfg.domain)) if shapes else (("domain", cfg.domain),)
@@ -81,7 +81,9 @@ def collect_data(cfg: PipelineConfig, runner: StageRunner, shapes: bool) -> dict
             counts = "/".join(str(manifest["splits"][s]["samples"]) for s in ("train", "val", "test"))
             return f"{manifest['name']}: {counts} train/val/test frames, {len(manifest['goals'])} goals"
 
-        runner.run(f"collect_{key}", dataclasses.asdict(ccfg), lambda out=out: dataset_valid(out), body)
+        # the collect fingerprint too: what decides shard content may change with vlmr, not only with the config
+        runner.run(f"collect_{key}", {"config": dataclasses.asdict(ccfg), "content": fingerprint(ccfg)},
+                   lambda out=out: dataset_valid(out), body)
         data[key] = out
     return data
 

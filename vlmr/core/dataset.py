@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmr.core.errors import VlmrError
-from vlmr.core.files import atomic_write_json, read_json, sha256_file
+from vlmr.core.files import atomic_write_json, canonical_json, read_json, sha256_file
 from vlmr.core.integrity import check_frame, frame_sha256, hashed_urls, verified_shards
 from vlmr.core.quality import quality_issue
 
@@ -358,11 +358,23 @@ def split_summary(shard_stats: list[dict]) -> dict:
 
 
 def write_manifest(out_dir: str | Path, *, name: str, source: str, goals: list[str], image_size: int, view: str | None,
-                   splits: dict[str, list[dict]], config: dict, run: dict | None = None, extra: dict | None = None
-                   ) -> Path:
-    """The dataset's manifest; call it last, once every shard is closed."""
+                   splits: dict[str, list[dict]], config: dict, run: dict | None = None, extra: dict | None = None,
+                   previous: dict | None = None) -> Path:
+    """The dataset's manifest; call it last, once every shard is closed.
+
+    previous: the manifest this collection replaces. When only its run record and config echo would change,
+    it is written back as it was: a re-collection that rewrote nothing keeps the file's sha256, which
+    pipeline stages key their inputs on.
+    """
     manifest = {"version": MANIFEST_VERSION, "name": name, "source": source, "goals": list(goals),
                 "image_size": image_size, "view": view,
                 "splits": {s: split_summary(splits[s]) for s in SPLITS if splits.get(s)},
                 "config": config, "run": run, **(extra or {})}
+    if previous is not None and _content(json.loads(canonical_json(manifest))) == _content(previous):
+        manifest = previous
     return atomic_write_json(Path(out_dir) / MANIFEST_FILE, manifest)
+
+
+def _content(manifest: dict) -> dict:
+    """What a manifest says about the data: all but its run record and config echo."""
+    return {k: v for k, v in manifest.items() if k not in ("run", "config")}
