@@ -76,3 +76,24 @@ def test_fine_tuning_trains_on_seen_goals_only(tmp_path):
         assert not any("red ball" in c or "blue key" in c for c in batch["captions"])
     with pytest.raises(VlmrError, match="goal sets differ"):
         ShardDataModule(out, goals=GOTO[:3])
+
+
+def test_attribute_captions_name_colour_and_type_alone_and_only_when_asked(tmp_path):
+    from vlmr.rl.collect.collect import fingerprint
+
+    def dataset(name, **kw):
+        cfg = CollectConfig(name="h", source="babyai", env_id="BabyAI-GoToLocal-v0", out_dir=str(tmp_path / name),
+                            frames=SplitFrames(train=200, val=50, test=50), shard_size=100,
+                            holdout_goals="one_in_three_pairs", **kw)
+        return cfg, [c for s in iter_split(collect(cfg, progress=False), "train") for c in s["meta"]["captions"]]
+
+    plain_cfg, plain = dataset("plain")
+    cfg, captions = dataset("attr", attribute_captions=True)
+    assert fingerprint(cfg) != fingerprint(plain_cfg)
+    attribute = [c for c in captions if c.startswith(("something ", "a ")) and c.endswith(" right in front of the agent")
+                 and len(c.split()) == 8]
+    assert attribute and not [c for c in plain if c.startswith("something ")]
+    assert {c.split()[1] for c in attribute} & {"red", "green", "blue", "purple", "yellow", "grey"}
+    assert {c.split()[1] for c in attribute} & {"ball", "box", "key"}
+    phrases = held_pairs(resolve_holdout("one_in_three_pairs", GOTO))
+    assert not any(p in c for c in captions for p in phrases)

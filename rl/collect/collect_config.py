@@ -56,6 +56,8 @@ class CollectConfig:
     # re-render of one split replays just its top-ups)
     holdout_goals: str | list[str] | None = None  # goals kept out of train: a list of sentences or the rule
     # one_in_three_pairs; their episodes and any caption naming their colour-object pair (rl/collect/holdout.py)
+    attribute_captions: bool = False  # babyai: also captions naming the faced/carried object's colour alone and
+    # its type alone, so that the text tower can compose pairs it never read (held-out goals)
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
 
 
@@ -91,5 +93,7 @@ def fingerprint(cfg: CollectConfig) -> str:
         d["holdout_train"] = "no episodes, captions or positive frames of held-out goals"
     else:  # datasets from before the key keep their identity
         d.pop("holdout_goals")
+    if not cfg.attribute_captions:  # likewise
+        d.pop("attribute_captions")
     return config_fingerprint(d, drop=("out_dir", "overwrite", "name", "strict", "min_positives_per_split",
                                        "max_topup_ratio", "coverage_splits"))

@@ -33,6 +33,7 @@ from vlmr.rl.envs.babyai_goals import (
     ALL_TYPES,
     FAMILIES,
     OBJECT_TYPES,
+    attribute_captions,
     family_goals,
     goal_sentence,
     parse_goal,
@@ -302,12 +303,17 @@ def label_goals(env, goals: list[str]) -> dict[str, int]:
     return labels
 
 
+def _front_and_carried(env) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    front = _front(env)
+    ft = (front.color, front.type) if front is not None and front.type in ALL_TYPES else None
+    return ft, ((env.carrying.color, env.carrying.type) if env.carrying is not None else None)
+
+
 def frame_captions(env, grid=None, vis=None, rng=None) -> list[str]:
     """Paraphrased sentences about the egocentric frame, from the env state (canonical one first)."""
     env = env.unwrapped
     front = _front(env)
-    ft = (front.color, front.type) if front is not None and front.type in ALL_TYPES else None
-    carrying = (env.carrying.color, env.carrying.type) if env.carrying is not None else None
+    ft, carrying = _front_and_carried(env)
     visible, open_doors = [], []
     if grid is not None:
         n = env.agent_view_size
@@ -346,7 +352,7 @@ class BabyAISource:
 
     def __init__(self, env_id: str, view: str = "egocentric", image_size: int = 64, goals: list[str] | None = None,
                  max_steps: int = 64, noise: float = 0.2, linger: int = 3, mission_in_goals: bool = True,
-                 env_mix: list[str] | tuple[str, ...] = ()):
+                 env_mix: list[str] | tuple[str, ...] = (), attribute_captions: bool = False):
         if not env_id:
             raise VlmrError(f"source babyai needs env_id; supported: {', '.join(ENVS)}")
         # episode k runs env (k mod n) of [env_id, *env_mix]: one dataset can cover several tasks' states,
@@ -361,14 +367,17 @@ class BabyAISource:
             parse_goal(g)
         self.goal_index = set(self.goals)
         self.max_steps, self.noise, self.linger, self.mission_in_goals = max_steps, noise, linger, mission_in_goals
+        self.attribute_captions = attribute_captions
 
     def _frame(self, u, rng):
         if self.view == "egocentric":
             frame, grid, vis = _pov(u, self.image_size)
         else:
             frame, grid, vis = render_frame(u, self.image_size, self.view), None, None
-        return frame, {"env": self.env_id, "mission": self.mission,
-                       **state_meta(u, self.goals, rng, self.view, grid, vis)}
+        meta = {"env": self.env_id, "mission": self.mission, **state_meta(u, self.goals, rng, self.view, grid, vis)}
+        if self.attribute_captions:
+            meta["captions"] += attribute_captions(*_front_and_carried(u))
+        return frame, meta
 
     def episode(self, env_seed: int, focus: tuple[str, ...] | None = None):
         from minigrid.utils.baby_ai_bot import BabyAIBot
@@ -412,4 +421,4 @@ class BabyAISource:
 
 def make_source(cfg) -> BabyAISource:
     return BabyAISource(cfg.env_id, cfg.view, cfg.image_size, cfg.goals, cfg.max_steps, cfg.noise, cfg.linger,
-                        cfg.mission_in_goals, cfg.env_mix)
+                        cfg.mission_in_goals, cfg.env_mix, cfg.attribute_captions)

@@ -102,6 +102,20 @@ _NOTHING = ("nothing right in front of the agent", "the agent faces an empty flo
 _WALL = ("the agent faces a wall", "a grey wall right in front of the agent", "the agent is at a wall")
 
 
+# one attribute at a time: with them the text tower can compose a colour-object pair no training text names
+_FRONT_ATTRIBUTE = ("something {c} right in front of the agent", "a {t} right in front of the agent")
+_CARRY_ATTRIBUTE = ("the agent is holding something {c}", "the agent is holding a {t}")
+
+
+def attribute_captions(front: tuple[str, str] | None, carrying: tuple[str, str] | None = None) -> list[str]:
+    """Captions that name the faced or carried object's colour alone and its type alone."""
+    out = []
+    for obj, templates in ((front, _FRONT_ATTRIBUTE), (carrying, _CARRY_ATTRIBUTE)):
+        if obj is not None and obj[1] != "door":
+            out += [s.format(c=obj[0], t=obj[1]) for s in templates]
+    return out
+
+
 def state_captions(front: tuple[str, str] | None, carrying: tuple[str, str] | None = None,
                    open_doors: tuple[str, ...] = (), visible: tuple[tuple[str, str], ...] = (),
                    front_wall: bool = False, rng=None) -> list[str]:
