@@ -303,8 +303,9 @@ def label_goals(env, goals: list[str]) -> dict[str, int]:
     return labels
 
 
-def _front_and_carried(env) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
-    front = _front(env)
+def _front_and_carried(env, front=None) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    """(colour, type) of the faced object (`front`: its WorldObj when already looked up) and of the carried one."""
+    front = front if front is not None else _front(env)
     ft = (front.color, front.type) if front is not None and front.type in ALL_TYPES else None
     return ft, ((env.carrying.color, env.carrying.type) if env.carrying is not None else None)
 
@@ -313,7 +314,7 @@ def frame_captions(env, grid=None, vis=None, rng=None) -> list[str]:
     """Paraphrased sentences about the egocentric frame, from the env state (canonical one first)."""
     env = env.unwrapped
     front = _front(env)
-    ft, carrying = _front_and_carried(env)
+    ft, carrying = _front_and_carried(env, front)
     visible, open_doors = [], []
     if grid is not None:
         n = env.agent_view_size
