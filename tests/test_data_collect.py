@@ -97,6 +97,11 @@ def test_overwrite_with_resume_keeps_matching_shards(tmp_path):
     manifest_sha = sha256_file(out / "manifest.json")
     collect(shapes_cfg(out, overwrite=True, strict=True), resume=True, progress=False)
     assert sha256_file(out / "manifest.json") == manifest_sha
+    # a run interrupted between setting the manifest aside and writing the new one still writes it back
+    aside = out / ".progress" / "manifest.previous"
+    (out / "manifest.json").rename(aside)
+    collect(shapes_cfg(out, overwrite=True), resume=True, progress=False)
+    assert sha256_file(out / "manifest.json") == manifest_sha and not aside.exists()
     collect(shapes_cfg(out, overwrite=True, seed=9), resume=True, progress=False)  # other config: replaced
     assert read_manifest(out)["config"]["seed"] == 9 and len(keys(out, "train")) == 60
 

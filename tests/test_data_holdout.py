@@ -97,3 +97,8 @@ def test_attribute_captions_name_colour_and_type_alone_and_only_when_asked(tmp_p
     assert {c.split()[1] for c in attribute} & {"ball", "box", "key"}
     phrases = held_pairs(resolve_holdout("one_in_three_pairs", GOTO))
     assert not any(p in c for c in captions for p in phrases)
+
+
+def test_attribute_captions_need_colour_object_frames():
+    with pytest.raises(VlmrError, match="attribute_captions=true is for source babyai"):
+        collect(CollectConfig(name="s", source="shapes", attribute_captions=True), progress=False)

@@ -51,6 +51,7 @@ from vlmr.core.quality import STRICT_HELP, quality_issue
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 100_000_000, "test": 200_000_000}
 PROGRESS_DIR = ".progress"
+PREVIOUS_MANIFEST = "manifest.previous"  # not *.json: the progress folder's *.json are shard records
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -256,11 +257,21 @@ def _run_tasks(cfg: CollectConfig, todo, workers: int, bar) -> list[dict]:
         return [r.get() for r in pending]
 
 
-def _previous_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((out / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):  # none, or unreadable: written anew
-        return None
+def _set_aside_manifest(out: Path) -> dict | None:
+    """The manifest this collection replaces, kept in the progress folder (not a *.json record there) until the
+    new one is written, so that a run interrupted in between still writes it back; then manifest.json goes."""
+    aside = out / PROGRESS_DIR / PREVIOUS_MANIFEST
+    previous = None
+    for path in (out / MANIFEST_FILE, aside):
+        try:
+            previous = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):  # none, or unreadable: written anew
+            continue
+    if previous is not None:
+        atomic_write_json(aside, previous)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # until the end, the folder does not look complete
+    return previous
 
 
 def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
@@ -280,8 +291,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
     todo = [t for t in tasks if (t[0], t[1]) not in done]
     if stop_after is not None:
         todo = todo[:stop_after]
-    previous = _previous_manifest(out)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # until the end, the folder does not look complete
+    previous = _set_aside_manifest(out)
     t0 = time.perf_counter()
     bar = tqdm(total=sum(n for *_, n in todo), unit="frame", desc=f"collect {cfg.name}", disable=not progress,
                smoothing=0.1, dynamic_ncols=True)
@@ -322,6 +332,7 @@ def collect(cfg: CollectConfig, resume: bool = False, workers: int = 1,
                               view=source.view, splits=splits, config=cfg_dict, run=run_info(cfg_dict, cfg.seed),
                               extra={"fingerprint": fp, "dropped_goals": dropped,
                                      "holdout_goals": [g for g in holdout if g in goals]}, previous=previous)
+    (out / PROGRESS_DIR / PREVIOUS_MANIFEST).unlink(missing_ok=True)
     if progress:
         print(report(read_json(manifest), bar.n, seconds, workers))  # bar.n: the frames written by this run
     return out

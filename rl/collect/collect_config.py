@@ -73,6 +73,9 @@ def validate(cfg: CollectConfig) -> None:
         raise VlmrError(f"negative_keep={cfg.negative_keep} must be in (0, 1]")
     if cfg.frames.train < 1 or cfg.frames.val < 0 or cfg.frames.test < 0:
         raise VlmrError(f"frames={cfg.frames} must be positive (train >= 1)")
+    if cfg.attribute_captions and cfg.source != "babyai":
+        raise VlmrError(f"attribute_captions=true is for source babyai (colour and object words); source "
+                        f"{cfg.source!r} has none: remove the key")
     minimum = cfg.min_positives_per_split
     if isinstance(minimum, dict) and set(minimum) - set(SPLITS):
         raise VlmrError(f"min_positives_per_split names {sorted(set(minimum) - set(SPLITS))}; its keys are the splits "
