@@ -199,7 +199,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, rendered: str | Path | 
             if not Path(cal).is_file():
                 raise VlmrError(f"--calibration auto: {cal} does not exist; run `vlmr calibrate` for {spec.dir}")
         rm = RewardModel.load(spec.dir, calibration=cal, device=device)
-        # goals held out of fine-tuning are scored as any new goal at load: pooled fit, calibrated: false
+        # goals held out of fine-tuning are scored as any new goal at load: the fit for new goals, calibrated: false
         held = rm.add_goals(manifest.get("holdout_goals") or [], cfg.strict)  # known goals are skipped
         wordings = {t: reword(rm.spec.goals, rm.spec.negatives, t, goal_slots, spec.dir) for t in cfg.paraphrases}
         if wordings:

@@ -33,9 +33,10 @@ from typing import Literal
 import torch
 from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration
 from vlmr.calibrate.metrics import BEFORE_KEYS, add_before, evaluate_scores
+from vlmr.calibrate.new_goal_fit import fit_new_goals
 from vlmr.calibrate.plots import write_plots
 from vlmr.calibrate.report import calibration_report
-from vlmr.calibrate.scores import concat_scores, score_split
+from vlmr.calibrate.scores import concat_scores, saved_goal_scores, score_split
 
 from vlmr.core.calibration_file import write_calibration
 from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
@@ -62,6 +63,9 @@ class CalibrateConfig:
     # bound, fixed-sequence scan; docs/DESIGN.md); null = today's point estimate on fit_split
     f_beta: float = 1.0  # fbeta criterion: F-beta's beta, > 1 favours recall (not the reward threshold beta_g)
     min_positives: int = 10  # goals with fewer positives in fit_split get the shared fallback values
+    new_goal_fit: bool = True  # when the data has goals held out of fine-tuning, fit on their fit_split frames
+    # the temperature and threshold goals outside the goal set get (fit.new_goal, cross-fitted by halves;
+    # calibrate/new_goal_fit.py); false: new goals get the saved goals' pooled fit
     temperature_min: float = 0.001  # lower bound of the temperature search
     temperature_max: float = 10.0  # upper bound of the temperature search
     ece_bins: int = 15  # bins of the expected calibration error and the reliability diagrams
@@ -246,11 +250,17 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
     cache = art if cfg.cache_scores else None
     name = f"reward model {cfg.reward_model}"
     check_datasets(paths, manifests, rm, name)
+    held = [g for g in manifest.get("holdout_goals") or [] if g not in rm.goal_to_index] if cfg.new_goal_fit else []
+    # the held-out goals are scored as new goals at load, in the same pass; the saved goals' columns come first
+    scorer = RewardModel.load(cfg.reward_model, device=device, goals=held) if held else rm
+    num_saved = len(rm.spec.goals) + len(rm.spec.negatives)
 
-    def score_all(split: str) -> list:  # each dataset scored and cached on its own shards
-        return [score_split(rm, p, split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict) for p in paths]
+    def score_all(split: str) -> tuple[list, list]:  # each dataset scored and cached on its own shards
+        parts = [score_split(scorer, p, split, cfg.batch_size, cache, cfg.limit, progress, name, cfg.strict)
+                 for p in paths]
+        return parts, [saved_goal_scores(s, num_saved, len(rm.goals)) for s in parts]
 
-    vals = score_all(cfg.fit_split)
+    vals_with_held, vals = score_all(cfg.fit_split)
     val = concat_scores(vals)
     if int(val.labels.sum()) == 0:
         raise VlmrError(f"split {cfg.fit_split!r} of {', '.join(map(str, paths))} has no positive label for any goal: "
@@ -259,7 +269,13 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
                               cfg.confidence if cfg.criterion == "precision_at" else None)
     fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
                           goal_names=rm.goals, strict=cfg.strict)
-    tests = score_all(cfg.eval_split)
+    new_goal, new_goal_note = None, None
+    if held:
+        with_held = concat_scores(vals_with_held)
+        new_goal, new_goal_note = fit_new_goals(with_held.sims, with_held.labels, num_saved, len(rm.goals), held, crit,
+                                                cfg.temperature_min, cfg.temperature_max, cfg.min_positives)
+        print(f"vlmr calibrate: {new_goal_note}")
+    tests = score_all(cfg.eval_split)[1]
     test = concat_scores(tests)
     metrics = evaluate_with_before(test, fit, rm, cfg.ece_bins)
     if int(test.labels.sum()) == 0:
@@ -269,6 +285,9 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
 
     datasets = dataset_entries(paths, manifests, vals, tests, fit, rm, cfg)
     body = build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test, datasets)
+    if new_goal_note:
+        body["fit"]["new_goal"] = new_goal
+        body["fit"]["new_goal_note"] = new_goal_note
     write_calibration(out, rm.model_id, body.pop("goals"), **body)
     with warnings.catch_warnings():  # the fit has just warned about its unguaranteed goals; say it once
         warnings.simplefilter("ignore", QualityWarning)

@@ -254,6 +254,21 @@ class CalibrationFit:
     warnings: list[str]
 
 
+def fit_pooled(sims, labels, criterion: ThresholdCriterion, tau_min: float = 1e-3, tau_max: float = 10.0,
+               how: str = "pooled fit over all goals") -> tuple[dict, ThresholdChoice]:
+    """One temperature and one threshold for every (frame, goal) pair of sims (N, C) and labels (N, G)."""
+    sims, labels = torch.as_tensor(sims).float(), torch.as_tensor(labels).long()
+    sims64, labels64 = _f64(sims), _f64(labels)
+    tau, nll = fit_log_temperature(lambda t: pooled_nll(sims64, labels64, t), tau_min, tau_max)
+    tau = as_float32(tau)
+    choice = choose_threshold(goal_probs(sims, torch.full((labels.shape[1],), tau)).reshape(-1),
+                              labels.reshape(-1), criterion)
+    at_bound = math.isclose(tau, tau_min, rel_tol=1e-3) or math.isclose(tau, tau_max, rel_tol=1e-3)
+    return {"temperature": tau, "threshold": choice.threshold, "how": how, "nll": nll, "at_bound": at_bound,
+            "target_met": choice.target_met, "val_precision": choice.precision, "val_recall": choice.recall,
+            **guarantee_fields(choice)}, choice
+
+
 def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: int = 10,
                     tau_min: float = 1e-3, tau_max: float = 10.0, goal_names: list[str] | None = None,
                     strict: bool = False) -> CalibrationFit:
@@ -281,14 +296,8 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
         return bool(math.isclose(tau, tau_min, rel_tol=1e-3) or math.isclose(tau, tau_max, rel_tol=1e-3))
 
     sims64, labels64 = _f64(sims), _f64(labels)
-    shared_tau, shared_nll = fit_log_temperature(lambda t: pooled_nll(sims64, labels64, t), tau_min, tau_max)
-    shared_tau = as_float32(shared_tau)
-    shared_probs = goal_probs(sims, torch.full((num_goals,), shared_tau)).reshape(-1)
-    shared_choice = choose_threshold(shared_probs, labels.reshape(-1), criterion)
-    shared = {"temperature": shared_tau, "threshold": shared_choice.threshold, "how": "pooled fit over all goals",
-              "nll": shared_nll, "at_bound": bound_hit(shared_tau), "target_met": shared_choice.target_met,
-              "val_precision": shared_choice.precision, "val_recall": shared_choice.recall,
-              **guarantee_fields(shared_choice)}
+    shared, shared_choice = fit_pooled(sims, labels, criterion, tau_min, tau_max)
+    shared_tau = shared["temperature"]
 
     temps, goals = [], []
     for g in range(num_goals):
@@ -335,9 +344,12 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
                 need = (f"{g_.more_predicted_needed} more predicted positives at its observed precision"
                         if g_.more_predicted_needed is not None else "a better model: its observed precision is "
                         "at or below the target")
+                if g_.more_predicted_needed == 0:  # the bound is reached lower down, past where the scan stopped
+                    need = (f"the fixed-sequence scan to get there: it stopped at threshold {g_.stopped_at:.4g}, whose "
+                            "bound missed the target (a high-scoring mistake); more frames there would pass it")
                 warn("guarantee", names[g], f"no threshold's {criterion.confidence:g}-confidence lower bound on "
-                     f"precision reaches {criterion.target_precision:g} (best bound {g_.best_bound:.3f}; it needs "
-                     f"{need}); the point-estimate threshold {choice.threshold:.4g} is used, marked "
+                     f"precision reaches {criterion.target_precision:g} within the fixed sequence (best bound "
+                     f"{g_.best_bound:.3f}; it needs {need}); the point-estimate threshold {choice.threshold:.4g} is used, marked "
                      "guaranteed: false", f"best bound {g_.best_bound:.3f}")
             if choice.target_met is False:
                 warn("target", names[g], f"target precision {criterion.target_precision:g} is not reachable on "

@@ -90,6 +90,8 @@ def _bound(e: dict) -> str:
     if e.get("best_bound") is None:
         return NA
     need = e.get("more_predicted_needed")
+    if need == 0:  # the bound is there, lower down: a high-scoring mistake failed the sequence first
+        return f"best {fmt(e['best_bound'])}, scan stopped at {fmt(e.get('scan_stopped_at'))}"
     return f"best {fmt(e['best_bound'])}, " + ("precision too low" if need is None else f"+{need} needed")
 
 
@@ -132,6 +134,8 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         f"- Goals with fewer than {fit['min_positives']} positives (or no negatives) in `{fit['split']}` get the "
         f"shared fallback: temperature {shared['temperature']:.4g}, threshold {shared['threshold']:.4g} "
         f"({shared['how']}). {sum(1 for g in cal['goals'].values() if g['fallback'])} of {len(cal['goals'])} goals use it.",
+        *([f"- Goals outside the goal set (new goals at load, goals held out of fine-tuning): "
+           f"{fit['new_goal_note']}; they are never `calibrated`."] if fit.get("new_goal_note") else []),
         f"- \"before\" is the reward model's default temperature {fit['defaults']['temperature']:g} and threshold "
         f"{fit['defaults']['threshold']:g}; \"after\" is this calibration.",
         "",

@@ -167,6 +167,14 @@ def score_split(rm, data_dir: str | Path, split: str, batch_size: int = 256, cac
     return scores
 
 
+def saved_goal_scores(scores: Scores, num_saved: int, num_goals: int) -> Scores:
+    """The saved goals' part of scores made with goals added at load: the saved candidates' columns and the
+    saved goals' labels; a frame whose mission is an added goal has no own goal among them (-1)."""
+    own = np.where(scores.own_goal >= num_goals, -1, scores.own_goal)
+    return dataclasses.replace(scores, sims=scores.sims[:, :num_saved], labels=scores.labels[:, :num_goals],
+                               own_goal=own, goals=list(scores.goals[:num_goals]))
+
+
 def concat_scores(parts: list[Scores]) -> Scores:
     """Scores of several datasets (same model and goals) as one: rows in order; meta sums the skips, keeps the
     first dataset's manifest sha256 and lists every part's meta under "parts"."""

@@ -3,7 +3,7 @@
     rm = RewardModel.load("runs/demo/reward_model", calibration="runs/demo/reward_model/calibration.json",
                           goals=["go to the purple box"])
     rm.new_goals        # ["go to the purple box"] (known goals listed in goals= are scored as before)
-    rm.calibrated       # {goal: bool}: False for new goals, which get the calibration's pooled fit
+    rm.calibrated       # {goal: bool}: False for new goals, which get the calibration's fit for new goals
 
 The text tower embeds any sentence, so a new goal is scored like the saved ones with three differences
 (docs/DESIGN.md, "Goals outside the saved goal set"):
@@ -11,9 +11,10 @@ The text tower embeds any sentence, so a new goal is scored like the saved ones 
   goals' probabilities stay exactly what their calibration was fitted on, and new goals never compete;
 - its prompts come from the stored rule (reward_model.json `goal_templates`, vlmr.finetune.goal_rules)
   when the sentence parses under it, else from the model's own `templates`;
-- its temperature and threshold are the calibration's pooled fit (`fit.shared`): one fit over every saved
-  goal, which says nothing certain about a goal it never saw. So it is marked `calibrated: false`, a
-  quality warning says so, and strict mode refuses it.
+- its temperature and threshold come from the calibration: `fit.new_goal` when it has one (fitted on goals
+  held out of fine-tuning, calibrate/new_goal_fit.py), else the pooled fit over the saved goals
+  (`fit.shared`). Neither says anything certain about a goal it never saw. So it is marked
+  `calibrated: false`, a quality warning says so, and strict mode refuses it.
 
 Tests: `.venv/bin/python -m pytest tests/test_new_goals.py -q`
 """
@@ -62,20 +63,39 @@ def warn_prompt_rule(spec, path, new: list[str], strict: bool) -> None:
                       "goal_templates (finetune model.goal_templates) to prompt them alike", strict, stacklevel=3)
 
 
-def pooled_fit(calibration: dict, path: str | Path | None) -> tuple[float, float]:
-    """The calibration's pooled temperature and threshold (`fit.shared`), which every new goal gets."""
-    shared = (calibration.get("fit") or {}).get("shared") or {}
+def new_goal_fit(calibration: dict, path: str | Path | None, goal: str) -> tuple[float, float, str]:
+    """(temperature, threshold, name of the fit) that goal `goal`, outside the goal set, gets from a calibration.
+
+    `fit.new_goal` when the calibration has one (fitted on goals held out of fine-tuning; its `families`
+    entry for the goal's task family when there is one; a held-out goal of that fit gets its cross-fit, the
+    other half's, so no goal is scored by a fit on its own frames), else the pooled fit over the saved goals
+    (`fit.shared`)."""
+    fit = calibration.get("fit") or {}
+    entry, name = fit.get("shared") or {}, "fit.shared"
+    if fit.get("new_goal"):
+        entry, name = fit["new_goal"], "fit.new_goal"
+        family = goal.split(" the ")[0] if " the " in goal else None  # calibrate/new_goal_fit.py goal_family
+        if family in (entry.get("families") or {}):
+            entry, name = entry["families"][family], f"fit.new_goal.families[{family!r}]"
+        for i, part in enumerate(entry.get("cross_fit") or []):
+            if goal in (part.get("goals") or []):
+                entry, name = part, f"fit.new_goal.cross_fit[{i}]"
+                break
     for key in ("temperature", "threshold"):
-        problem = reward_parameter_problem(key, shared.get(key)) if key in shared else f"{key} is missing"
+        problem = reward_parameter_problem(key, entry.get(key)) if key in entry else f"{key} is missing"
         if problem:
-            raise VlmrError(f"calibration file {path}: its pooled fit (fit.shared) has no usable {key} ({problem}), "
-                            "which goals outside the goal set need; refit it with `vlmr calibrate`")
-    return float(shared["temperature"]), float(shared["threshold"])
+            what = "its pooled fit" if name == "fit.shared" else "its fit for new goals"
+            raise VlmrError(f"calibration file {path}: {what} ({name}) has no usable {key} ({problem}), which goals outside "
+                            "the goal set need; refit it with `vlmr calibrate`")
+    return float(entry["temperature"]), float(entry["threshold"]), name
 
 
-def warn_uncalibrated(path, new: list[str], temperature: float, threshold: float, strict: bool) -> None:
-    quality_issue(f"{len(new)} goal(s) outside the calibrated goal set of {path}: "
-                  f"{', '.join(repr(g) for g in new[:5])}{' ...' if len(new) > 5 else ''} get its pooled fit "
-                  f"(temperature {temperature:.4g}, threshold {threshold:.4g}), which says nothing certain about "
-                  "goals it never saw; they are marked calibrated: false. Collect data labelled for them and "
-                  "calibrate a model that has them in its goal set", strict, stacklevel=3)
+def warn_uncalibrated(path, new: list[str], fits: list[tuple[float, float, str]], strict: bool) -> None:
+    names = sorted({"fit.new_goal" if name.startswith("fit.new_goal") else "fit.shared" for _, _, name in fits})
+    what = {"fit.shared": "the pooled fit of its saved goals (fit.shared)",
+            "fit.new_goal": "its fit on goals held out of fine-tuning (fit.new_goal)"}
+    shown = ", ".join(f"{g!r} (temperature {t:.4g}, threshold {b:.4g})" for g, (t, b, _) in zip(new[:5], fits))
+    quality_issue(f"{len(new)} goal(s) outside the calibrated goal set of {path} get "
+                  f"{' and '.join(what[n] for n in names)}: {shown}{' ...' if len(new) > 5 else ''}. That fit says "
+                  "nothing certain about a goal it never saw, so they are marked calibrated: false. Collect data "
+                  "labelled for them and calibrate a model that has them in its goal set", strict, stacklevel=3)

@@ -24,8 +24,8 @@ from torch import nn
 from vlmr.finetune.models import create_clip, image_preprocess_cfg, patch_size
 from vlmr.finetune.new_goals import (
     check_new_goals,
+    new_goal_fit,
     new_goal_prompts,
-    pooled_fit,
     warn_prompt_rule,
     warn_uncalibrated,
 )
@@ -196,9 +196,9 @@ class RewardModel(nn.Module):
         self.thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
     def load_calibration(self, path: str | Path, strict: bool = False) -> None:
-        """Per-goal values for the saved goals; goals added with add_goals get the pooled fit (not calibrated)."""
+        """Per-goal values for the saved goals; goals added with add_goals get the fit for new goals (not calibrated)."""
         data = read_calibration(path, model_id=self.model_id, goals=self.spec.goals)
-        pooled = pooled_fit(data, path) if self.new_goals else None
+        extra = [new_goal_fit(data, path, g) for g in self.new_goals]
         entries = data["goals"]
         weak = [g for g in self.spec.goals if entries[g].get("guaranteed") is False]
         if weak and self.spec.reward_mode == "binary":  # a 0/1 reward is only as good as its threshold
@@ -208,31 +208,30 @@ class RewardModel(nn.Module):
                           f"): {', '.join(repr(g) for g in weak[:5])}{' ...' if len(weak) > 5 else ''}. Their binary "
                           "reward may pay for wrong frames; collect more val positives and recalibrate (its report "
                           "says how many each goal needs)", strict)
-        if pooled:
-            warn_uncalibrated(path, self.new_goals, *pooled, strict)
-        extra = [pooled] * len(self.new_goals)
-        self.set_calibration([entries[g]["temperature"] for g in self.spec.goals] + [t for t, _ in extra],
-                             [entries[g]["threshold"] for g in self.spec.goals] + [b for _, b in extra])
+        if extra:
+            warn_uncalibrated(path, self.new_goals, extra, strict)
+        self.set_calibration([entries[g]["temperature"] for g in self.spec.goals] + [t for t, _, _ in extra],
+                             [entries[g]["threshold"] for g in self.spec.goals] + [b for _, b, _ in extra])
         self.calibration, self.calibration_path = data, Path(path)
 
     def add_goals(self, goals: list[str] | str, strict: bool = False) -> list[str]:
         """Score goal sentences outside the saved goal set too; returns those that were new (module new_goals).
 
-        A new goal's softmax runs over the saved candidates plus itself; with a calibration it gets the pooled
-        fit and is not `calibrated` (a warning; strict: an error)."""
+        A new goal's softmax runs over the saved candidates plus itself; with a calibration it gets the fit for
+        new goals (new_goals.new_goal_fit) and is not `calibrated` (a warning; strict: an error)."""
         new = check_new_goals(self.spec, goals, self.goal_to_index)
         if not new:
             return []
         warn_prompt_rule(self.spec, self.spec_path, new, strict)
-        tau, beta = float(self.spec.temperature), float(self.spec.threshold)
+        fits = [(float(self.spec.temperature), float(self.spec.threshold), "defaults")] * len(new)
         if self.calibration is not None:
-            tau, beta = pooled_fit(self.calibration, self.calibration_path)
-            warn_uncalibrated(self.calibration_path, new, tau, beta, strict)
+            fits = [new_goal_fit(self.calibration, self.calibration_path, g) for g in new]
+            warn_uncalibrated(self.calibration_path, new, fits, strict)
         for g in new:
             self.goal_to_index[g] = len(self.goal_to_index)
         self.new_goals = self.new_goals + new
-        self.temperatures = torch.cat([self.temperatures, self.temperatures.new_full((len(new),), tau)])
-        self.thresholds = torch.cat([self.thresholds, self.thresholds.new_full((len(new),), beta)])
+        self.temperatures = torch.cat([self.temperatures, self.temperatures.new_tensor([t for t, _, _ in fits])])
+        self.thresholds = torch.cat([self.thresholds, self.thresholds.new_tensor([b for _, b, _ in fits])])
         self._new_text_cache = None
         return new
 

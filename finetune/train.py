@@ -38,6 +38,7 @@ from typing import Annotated, Literal
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pydantic import Field
 from vlmr.finetune.augment import AugmentSection
 from vlmr.finetune.export import to_reward_model
@@ -355,8 +356,8 @@ def finetune(cfg: FinetuneConfig, progress: bool | None = None) -> dict:
             how = f"no checkpoint was written yet. Rerun with a lower learning rate, e.g. {lower}"
         clip = "" if tc.grad_clip else ", or with trainer.grad_clip=1.0"
         raise VlmrError(f"run {cfg.name}: {e}. Training stopped; {how}{clip}.") from None
-    except Exception as e:
-        if best is None or tc.early_stopping.monitor not in str(e):
+    except (RuntimeError, MisconfigurationException) as e:  # Lightning's words for a metric validation never logged
+        if best is None or not any(m in str(e) for m in ("conditioned on metric", "could not find the monitored key")):
             raise
         raise VlmrError(f"run {cfg.name}: trainer.early_stopping.monitor={tc.early_stopping.monitor!r} was not "
                         "logged by validation; use val/loss or one of val/auroc_mean, val/ap_mean, "

@@ -79,6 +79,24 @@ def test_too_few_positives_is_not_guaranteed_and_says_what_it_needs():
     assert point.guarantee is not None and not point.guarantee.guaranteed and point.precision == 1.0
 
 
+def test_a_bound_past_where_the_scan_stopped_is_reported_as_such():
+    """A high-scoring mistake fails the sequence early; the report says so, not "+0 needed"."""
+    from vlmr.calibrate.fitting import fit_calibration
+    from vlmr.calibrate.report import _bound
+
+    # goal 0: 45 frames scored highest, 3 of them wrong, then 400 right ones a little lower; a negative column
+    sims = np.r_[np.full(45, 0.9), np.full(400, 0.6), np.full(2000, 0.0)]
+    labels = np.r_[np.r_[np.zeros(3), np.ones(42)], np.ones(400), np.zeros(2000)]
+    sims = torch.tensor(np.c_[sims, np.full_like(sims, 0.3)], dtype=torch.float32)
+    crit = ThresholdCriterion("precision_at", 0.95, confidence=0.9)
+    with pytest.warns(UserWarning, match="no threshold"):
+        fit = fit_calibration(sims, torch.tensor(labels[:, None]).long(), crit, goal_names=["g"])
+    entry = fit.goals[0]
+    assert entry["guaranteed"] is False and entry["best_bound"] >= 0.95 and entry["more_predicted_needed"] == 0
+    assert "scan stopped at" in _bound(entry) and "+0" not in _bound(entry)
+    assert any("it stopped at threshold" in w for w in fit.warnings)
+
+
 @pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5])
 def test_confidence_outside_the_open_interval_is_refused(confidence):
     with pytest.raises(ValueError, match="confidence"):

@@ -70,3 +70,12 @@ def test_an_unknown_monitor_is_a_one_line_error(tmp_path, babyai_dataset):
                    trainer={"val_every_n_steps": 2, "early_stopping": {"monitor": "val/nope", "patience": 2}})
     with pytest.raises(VlmrError, match="val/nope.*was not logged"):
         finetune(cfg, progress=False)
+
+
+def test_a_monitor_validation_cannot_compute_is_a_one_line_error(tmp_path, shapes_dataset):
+    """Shapes frames have no mission, so own-goal AUROC is never logged: Lightning's complaint becomes ours."""
+    cfg = make_cfg(tmp_path, shapes_dataset, data={"select_fraction": 0.3},
+                   trainer={"val_every_n_steps": 2, "early_stopping": {"monitor": "val/own_goal_auroc", "patience": 2}})
+    with pytest.raises(VlmrError, match=r"val/own_goal_auroc.*was not logged by validation.*own-goal needs") as err:
+        finetune(cfg, progress=False)
+    assert "\n" not in str(err.value)

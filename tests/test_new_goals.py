@@ -52,8 +52,8 @@ def test_known_goals_are_unchanged_by_added_goals(saved):
 
 
 def test_new_goals_get_the_pooled_fit_and_are_not_calibrated(saved):
-    with pytest.warns(QualityWarning, match=r"2 goal\(s\) outside the calibrated goal set.*'go to the purple box'.*"
-                                            "pooled fit.*calibrated: false"):
+    with pytest.warns(QualityWarning, match=r"2 goal\(s\) outside the calibrated goal set.*pooled fit.*'go to the purple box'.*"
+                                            "calibrated: false"):
         rm = RewardModel.load(saved[0], calibration=saved[1], goals=NEW)
     assert rm.calibrated == {**{g: True for g in GOALS}, **{g: False for g in NEW}}
     assert torch.allclose(rm.temperatures, torch.tensor([0.02, 0.04, 0.06, 0.05, 0.05]))

@@ -199,7 +199,7 @@ def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys
     path = write_config(tmp_path, adapt_steps=2)
     cfg = yaml.safe_load(open(path))
     # a recall-heavy threshold, so the barely trained reward fires on the agents' frames and the rollouts have some
-    cfg["calibrate"]["set"].update({"criterion": "fbeta", "f_beta": 10.0})
+    cfg["calibrate"]["set"].update({"criterion": "fbeta", "f_beta": 10.0, "min_positives": 2})
     # goals held out of fine-tuning: the models are prompted for the seen goals only and score the others as new
     cfg["domain"]["set"]["holdout_goals"] = "one_in_three_pairs"
     cfg["refine"] = {"config": "configs/refine/babyai_refine.yaml",
@@ -227,6 +227,14 @@ def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys
     assert len(held) == 6 and not set(held) & set(spec["goals"]) and not set(held) & set(spec["goal_prompts"])
     evaluated = json.loads((run_dir / "evaluate" / "results.json").read_text())
     assert {"seen", "held out"} <= set(evaluated["models"][1]["metrics"]["groups"]) and "| held out | 6 |" in text
+    # the held-out goals' fit-split frames give the fit new goals get; each held-out goal is scored by the
+    # fit on the other half of them
+    fit = json.loads((run_dir / "adapted" / "reward_model" / "calibration.json").read_text())["fit"]
+    halves = fit["new_goal"]["cross_fit"]
+    assert sorted(halves[0]["goals"] + halves[1]["goals"]) == sorted(held) and halves[0]["fitted_on"] == halves[1]["goals"]
+    adapted = evaluated["models"][1]
+    cross = {g: h["threshold"] for h in halves for g in h["goals"]}
+    assert adapted["thresholds"][len(spec["goals"]):] == pytest.approx([cross[g] for g in adapted["new_goals"]])
 
     capsys.readouterr()
     pipeline(load_config(PipelineConfig, str(path)))

@@ -211,7 +211,7 @@ def train(cfg: PPOConfig, extra: dict | None = None) -> dict:
     if cfg.reward_model:
         reward_model = RewardModel.load(cfg.reward_model, calibration=cfg.calibration, device=device,
                                        strict=cfg.strict)
-        # missions outside the model's goal set (held-out goals, say) are scored as new goals: the pooled fit,
+        # missions outside the model's goal set (held-out goals, say) are scored as new goals: the fit for new goals,
         # `calibrated: false`, a warning (strict: an error)
         reward_model.add_goals(env_goal_set(cfg.env_id, cfg.env_kwargs) or [], strict=cfg.strict)
     goals, table, source = goal_vocabulary(cfg, reward_model)

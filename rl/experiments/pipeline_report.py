@@ -73,7 +73,8 @@ def group_lines(models: list[dict]) -> list[str]:
     if not groups:
         return []
     lines = ["Goals seen in fine-tuning and goals held out of it (macro over each group's goals, own-goal view; "
-             "held-out goals are scored as new goals: pooled temperature and threshold, `calibrated: false`):", "",
+             "held-out goals are scored as new goals: the calibration's fit for new goals, cross-fitted so that no "
+             "goal's threshold saw its own frames, `calibrated: false`):", "",
              "| goals | n | " + " | ".join(f"{m['name']} AUROC / precision / recall" for m in models) + " |",
              "|---|---|" + "---|" * len(models)]
     for group in groups:
