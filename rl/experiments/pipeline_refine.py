@@ -49,7 +49,7 @@ def refine_config(cfg, run_dir: Path, models: dict[str, Path], domain: Path):
 
 def run_refine(cfg, runner: StageRunner, run_dir: Path, models: dict[str, Path], domain: Path) -> Path:
     """The `refine` stage; returns the refined reward-model dir."""
-    from vlmr.rl.collect.rollouts import find_agents
+    from vlmr.rl.collect.rollout_agents import find_agents
     from vlmr.rl.experiments.pipeline_stages import _model_identities
     from vlmr.rl.experiments.refine import refine
 

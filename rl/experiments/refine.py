@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Annotated, ClassVar
 
 from pydantic import Field
-from vlmr.rl.collect.rollouts import RolloutConfig, arm_reward, find_agents, record_rollouts
+from vlmr.rl.collect.rollout_agents import arm_reward, find_agents
+from vlmr.rl.collect.rollouts import RolloutConfig, record_rollouts
 from vlmr.rl.experiments.stage_runner import StageRunner, StageSection, stage_config
 
 from vlmr.core.config import PositiveInt, config_dataclass, config_to_dict, stage_main
