@@ -344,12 +344,9 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
                 need = (f"{g_.more_predicted_needed} more predicted positives at its observed precision"
                         if g_.more_predicted_needed is not None else "a better model: its observed precision is "
                         "at or below the target")
-                if g_.more_predicted_needed == 0:  # the bound is reached lower down, past where the scan stopped
-                    need = (f"the fixed-sequence scan to get there: it stopped at threshold {g_.stopped_at:.4g}, whose "
-                            "bound missed the target (a high-scoring mistake); more frames there would pass it")
                 warn("guarantee", names[g], f"no threshold's {criterion.confidence:g}-confidence lower bound on "
-                     f"precision reaches {criterion.target_precision:g} within the fixed sequence (best bound "
-                     f"{g_.best_bound:.3f}; it needs {need}); the point-estimate threshold {choice.threshold:.4g} is used, marked "
+                     f"precision reaches {criterion.target_precision:g} (best bound {g_.best_bound:.3f}; it needs "
+                     f"{need}); the point-estimate threshold {choice.threshold:.4g} is used, marked "
                      "guaranteed: false", f"best bound {g_.best_bound:.3f}")
             if choice.target_met is False:
                 warn("target", names[g], f"target precision {criterion.target_precision:g} is not reachable on "

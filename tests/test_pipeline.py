@@ -187,6 +187,8 @@ def test_unknown_stage_names_are_rejected_with_the_list_of_stages(tmp_path, caps
     with pytest.raises(VlmrError, match=r"unknown stage 'calibrate'; the stages are collect_shapes, .*, compare, refine, "
                        "compare_refined$"):
         pipeline(load_config(PipelineConfig, path), force={"calibrate", "adapted"})
+    with pytest.raises(VlmrError, match=r"unknown stage 'refine_2'.*compare_refined$"):  # one on-policy round
+        pipeline(load_config(PipelineConfig, path), stop_after="refine_2")
     assert main(["pipeline", path, "--force", "adapted", "calibrate_adapted", "calbrate"]) == 2
     err = capsys.readouterr().err
     assert "unknown stage 'calbrate'" in err and "calibrate_zero_shot, calibrate_adapted, calibrate_control" in err
@@ -205,23 +207,27 @@ def test_pipeline_refines_the_adapted_model_and_adds_its_agents(tmp_path, capsys
     cfg["refine"] = {"config": "configs/refine/babyai_refine.yaml",
                      "set": {"rollouts": {"episodes_per_agent": 16, "episodes_per_shard": 4, "num_envs": 4},
                              "finetune": {"set": {"trainer": {"max_steps": 2}}}}}
+    cfg["refine_rounds"] = 2  # a second on-policy round: the refined arm's agents, replayed with its reward
     path = tmp_path / "refine_pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
     report = pipeline(load_config(PipelineConfig, str(path)))
     records = stage_records(tmp_path)
-    assert {"refine", "compare_refined"} <= set(records)
+    assert {"refine", "compare_refined", "refine_2", "compare_refined_2"} <= set(records)
     run_dir = tmp_path / "runs" / "smoke"
     summary = json.loads((run_dir / "refine" / "summary.json").read_text())
     assert summary["rounds"][0]["parent"] == str(run_dir / "adapted" / "reward_model")
+    second = json.loads((run_dir / "refine_2" / "summary.json").read_text())
+    assert second["config"]["arm"] == "refined"  # the agents trained on round 1's reward, refining its model
+    assert second["rounds"][0]["parent"] == str(run_dir / "refine" / "round_1" / "finetune" / "reward_model")
     run = json.loads((run_dir / "refine" / "round_1" / "finetune" / "run.json").read_text())
     assert run["parent_adapter"]["path"].endswith("adapted/reward_model")
     # the pipeline's adapt settings with the refine config's finetune.set on top
     assert run["config"]["trainer"]["max_steps"] == 2 and run["config"]["data"]["batch_size"] == 32
     results = json.loads((run_dir / "compare" / "results.json").read_text())
-    assert [a["name"] for a in results["arms"]] == ["ground_truth", "zero_shot", "adapted", "refined"]
-    assert "refined_minus_adapted/final_success" in results["comparisons"]
+    assert [a["name"] for a in results["arms"]] == ["ground_truth", "zero_shot", "adapted", "refined", "refined_2"]
+    assert {"refined_minus_adapted/final_success", "refined_2_minus_refined/final_success"} <= set(results["comparisons"])
     text = report.read_text()
-    assert "## On-policy refinement" in text and "| refined |" in text
+    assert "## On-policy refinement" in text and "| refined |" in text and "| refined_2 | 1 |" in text
     spec = json.loads((run_dir / "adapted" / "reward_model" / "reward_model.json").read_text())
     held = json.loads((tmp_path / "data" / "smoke_domain" / "manifest.json").read_text())["holdout_goals"]
     assert len(held) == 6 and not set(held) & set(spec["goals"]) and not set(held) & set(spec["goal_prompts"])

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from vlmr.rl.experiments.pipeline_refine import run_refine
+from vlmr.rl.experiments.pipeline_refine import refine_stages, refined_arm, run_refine
 from vlmr.rl.experiments.pipeline_report import write_final_report
 from vlmr.rl.experiments.pipeline_stages import (
     calibrate_models,
@@ -61,6 +61,8 @@ class PipelineConfig:
     compare: StageSection | None = None  # PPO A/B comparison (configs/rl/compare_babyai.yaml); null = skip
     refine: StageSection | None = None  # on-policy refinement of the adapted model on its agents' rollouts, then
     # agents on the refined reward (configs/refine/babyai_refine.yaml; rl/experiments/pipeline_refine.py); null = skip
+    refine_rounds: PositiveInt = 1  # on-policy rounds: round k >= 2 refines round k-1's model on the frames of the
+    # agents trained on its reward, then trains agents on the result (stages refine_k, compare_refined_k)
     runs_dir: str = "runs"  # parent folder of the run
     data_dir: str = "data"  # parent folder of the datasets
     arch: str = "vlmr-small"  # architecture of every model in the chain
@@ -95,16 +97,22 @@ STAGES = ("collect_shapes", "collect_domain", "base", "zero_shot", "adapted", "c
           "calibrate_adapted", "calibrate_control", "evaluate", "compare", "refine", "compare_refined")
 
 
-def check_stage_names(force: set[str], stop_after: str | None) -> None:
+def stage_names(refine_rounds: int = 1) -> tuple[str, ...]:
+    """Every stage a chain can have, with the stages of on-policy rounds 2..refine_rounds after the first's."""
+    return STAGES + tuple(name for k in range(2, refine_rounds + 1) for name in refine_stages(k))
+
+
+def check_stage_names(force: set[str], stop_after: str | None, refine_rounds: int = 1) -> None:
     """Stage names given by the user (--force, --stop-after) must be stages: a typo would silently force nothing."""
-    unknown = sorted(set(force) - set(STAGES)) + ([stop_after] if stop_after and stop_after not in STAGES else [])
+    names = stage_names(refine_rounds)
+    unknown = sorted(set(force) - set(names)) + ([stop_after] if stop_after and stop_after not in names else [])
     if unknown:
-        raise VlmrError(f"unknown stage {', '.join(map(repr, unknown))}; the stages are {', '.join(STAGES)}")
+        raise VlmrError(f"unknown stage {', '.join(map(repr, unknown))}; the stages are {', '.join(names)}")
 
 
 def pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), stop_after: str | None = None) -> Path | None:
     """Run the chain; returns the final report, or None when stopped early by `stop_after`."""
-    check_stage_names(force, stop_after)
+    check_stage_names(force, stop_after, cfg.refine_rounds)
     try:
         return _pipeline(cfg, force, stop_after)
     except StopPipeline as stop:
@@ -127,8 +135,11 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
     eval_json = evaluate_models(runner, run_dir, models, data["domain"], manifest_sha["domain"], cfg.strict,
                                 cfg.paraphrases)
     compare_report = run_compare(cfg, runner, run_dir, models, data["domain"]) if cfg.compare is not None else None
-    if cfg.refine is not None:  # needs the compare's agents: refine_config says so when there are none
-        refined = run_refine(cfg, runner, run_dir, models, data["domain"])
+    refined: dict[str, Path] = {}
+    for k in range(1, cfg.refine_rounds + 1) if cfg.refine is not None else ():
+        # round k replays the agents of round k-1's arm (the adapted arm's first): refine_config says so when
+        # there are none
+        refined[refined_arm(k)] = run_refine(cfg, runner, run_dir, {**models, **refined}, data["domain"], k)
         compare_report = run_compare(cfg, runner, run_dir, models, data["domain"], refined)
 
     report = write_final_report(cfg, run_dir, runner.rows, cal_reports, eval_json, compare_report,
@@ -141,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     def extra(parser):
         parser.add_argument("--force", nargs="*", default=[], metavar="STAGE",
                             help=f"stages to rerun even if up to date, of: {', '.join(STAGES)}")
-        parser.add_argument("--stop-after", metavar="STAGE", choices=STAGES, help="stop once this stage is done")
+        parser.add_argument("--stop-after", metavar="STAGE", help="stop once this stage is done (a name as in "
+                            "--force; refine_k and compare_refined_k with refine_rounds >= k)")
 
     return stage_main(argv, PipelineConfig, lambda cfg, force, stop_after: pipeline(cfg, set(force), stop_after),
                       "vlmr pipeline", __doc__.split("\n\n")[0], extra, kind="pipeline")

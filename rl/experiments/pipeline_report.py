@@ -89,27 +89,34 @@ def group_lines(models: list[dict]) -> list[str]:
 
 
 def refine_lines(run_dir: Path) -> list[str]:
-    """The refine stage's rounds: rollout frames recorded, and the refined model's test metrics per dataset."""
-    summary_path = run_dir / "refine" / "summary.json"
-    if not summary_path.is_file():
+    """The on-policy rounds: rollout frames recorded, and each refined model's test metrics per dataset."""
+    folders = [run_dir / "refine"]
+    while (run_dir / f"refine_{len(folders) + 1}").is_dir():  # on-policy rounds 2, 3, ... (refine_rounds)
+        folders.append(run_dir / f"refine_{len(folders) + 1}")
+    summaries = [read_json(f / "summary.json", "refine summary") for f in folders if (f / "summary.json").is_file()]
+    if not summaries:
         return []
-    summary = read_json(summary_path, "refine summary")
     lines = ["", "## On-policy refinement", "",
              "The adapted model's agents were replayed with its reward; the frames where it fired and a sample of the "
              "others, labelled by the environment, joined the fine-tuning data (from the adapted adapter) and the "
-             "calibration's fit split. Test metrics of each round's refined model, per dataset (pooled view: every "
+             "calibration's fit split. Each later on-policy round does the same with the agents trained on the "
+             "previous round's reward. Test metrics of each refined model, per dataset (pooled view: every "
              "frame and goal):", "",
-             "| round | rollout episodes | fired frames | dataset | test precision | recall | AUROC |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | round | rollout episodes | fired frames | dataset | test precision | recall | AUROC |",
+             "|---|---|---|---|---|---|---|---|"]
     cal = {}
-    for r in summary["rounds"]:
-        cal = read_json(Path(r["calibration"]), "refined calibration")
-        for d in cal["metrics"].get("datasets") or []:
-            m = d["pooled"]
-            lines.append(f"| {r['round']} | {r['rollout_counts']['episodes']} | {r['rollout_counts']['fired']} | "
-                         f"{d['name']} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))} | {fmt(m.get('auroc'))} |")
+    for k, summary in enumerate(summaries, start=1):
+        arm = "refined" if k == 1 else f"refined_{k}"
+        for r in summary["rounds"]:
+            cal = read_json(Path(r["calibration"]), "refined calibration")
+            for d in cal["metrics"].get("datasets") or []:
+                m = d["pooled"]
+                lines.append(f"| {arm} | {r['round']} | {r['rollout_counts']['episodes']} | "
+                             f"{r['rollout_counts']['fired']} | {d['name']} | {fmt(m.get('precision'))} | "
+                             f"{fmt(m.get('recall'))} | {fmt(m.get('auroc'))} |")
     guarantee = cal.get("guarantee") or {}  # the last round's
     if guarantee.get("goals"):
         lines += ["", f"Goals with a guaranteed threshold in the last round's calibration: {guarantee['guaranteed']} "
                       f"of {guarantee['goals']}."]
-    return lines + ["", "The agents trained on the refined reward are the `refined` arm below.", ""]
+    return lines + ["", "The agents trained on each refined reward are the `refined` (and `refined_k`) arms below.",
+                    ""]

@@ -213,11 +213,12 @@ def evaluate_models(runner: StageRunner, run_dir: Path, models: dict[str, Path],
 
 # ------------------------------------------------------------------------------------------------ agents
 def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models: dict[str, Path],
-                domain: Path, refined: Path | None = None) -> Path:
+                domain: Path, refined: dict[str, Path] | None = None) -> Path:
     """PPO agents on each reward model (and the env's own reward), judged on ground-truth success. With `refined`
-    (the refine stage's model) this is the `compare_refined` stage: the same compare plus the refined arm."""
+    ({arm: model} of the on-policy rounds so far) this is the last round's `compare_refined` stage: the same
+    compare plus the refined arms."""
     from vlmr.rl.experiments.compare import CompareConfig, compare
-    from vlmr.rl.experiments.pipeline_refine import refined_arms
+    from vlmr.rl.experiments.pipeline_refine import refine_stages, refined_arms
 
     out = run_dir / "compare"
     arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
@@ -229,19 +230,19 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
     if ccfg.goals == "holdout":  # agents on the goals fine-tuning never saw: does adaptation help there too?
         ccfg = dataclasses.replace(ccfg, goals=holdout_missions(domain, ccfg.rl.env_id))
-    if refined is not None:
+    if refined:
         ccfg = refined_arms(ccfg, refined)
-        models = {**models, "refined": refined}
+        models = {**models, **refined}
 
     def body():
         res = compare(ccfg)
         return "final success " + ", ".join(f"{a['name']} {a['final_success_mean']:.2f}" for a in res["arms"])
 
-    def valid():  # results.json is shared: after a rerun of `compare` alone it lacks the refined arm
+    def valid():  # results.json is shared: after a rerun of `compare` alone it lacks the refined arms
         arms = [a["name"] for a in read_json(out / "results.json", "compare results")["arms"]]
-        return refined is None or "refined" in arms
+        return set(refined or ()) <= set(arms)
 
-    runner.run("compare" if refined is None else "compare_refined",
+    runner.run(refine_stages(len(refined))[1] if refined else "compare",
                {"config": dataclasses.asdict(ccfg), **_model_identities(models)}, valid, body)
     return out / "report.md"
 
