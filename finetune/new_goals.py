@@ -79,7 +79,7 @@ def new_goal_fit(calibration: dict, path: str | Path | None, goal: str) -> tuple
             entry, name = entry["families"][family], f"fit.new_goal.families[{family!r}]"
         for i, part in enumerate(entry.get("cross_fit") or []):
             if goal in (part.get("goals") or []):
-                entry, name = part, f"fit.new_goal.cross_fit[{i}]"
+                entry, name = part, f"{name}.cross_fit[{i}]"
                 break
     for key in ("temperature", "threshold"):
         problem = reward_parameter_problem(key, entry.get(key)) if key in entry else f"{key} is missing"
