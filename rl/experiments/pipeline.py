@@ -136,9 +136,9 @@ def _pipeline(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> P
                                 cfg.paraphrases)
     compare_report = run_compare(cfg, runner, run_dir, models, data["domain"]) if cfg.compare is not None else None
     refined: dict[str, Path] = {}
-    for k in range(1, cfg.refine_rounds + 1) if cfg.refine is not None else ():
-        # round k replays the agents of round k-1's arm (the adapted arm's first): refine_config says so when
-        # there are none
+    rounds = cfg.refine_rounds if cfg.refine is not None else 0
+    for k in range(1, rounds + 1):  # round k replays the agents of round k-1's arm (round 1: the adapted arm's);
+        # refine_config says so when there are none
         refined[refined_arm(k)] = run_refine(cfg, runner, run_dir, {**models, **refined}, data["domain"], k)
         compare_report = run_compare(cfg, runner, run_dir, models, data["domain"], refined)
 
