@@ -90,6 +90,7 @@ class RewardModel(nn.Module):
         self.pretrained_path = pretrained_path  # absolute path of a checkpoint file, when there is one
         self.model_id = identity_hash(self.spec, adapter_sha256)  # the saved model's: goals added later leave it
         self.new_goals: list[str] = []  # goals outside the saved goal set, scored too (add_goals); after it in ids
+        self.new_goal_fits: dict[str, str] = {}  # new goal -> the calibration fit it got ("fit.shared", ...)
         self.goal_to_index = {g: i for i, g in enumerate(self.spec.goals)}
         num_goals = len(self.spec.goals)
         self.register_buffer("temperatures", torch.full((num_goals,), float(spec.temperature)))
@@ -210,6 +211,7 @@ class RewardModel(nn.Module):
                           "says how many each goal needs)", strict)
         if extra:
             warn_uncalibrated(path, self.new_goals, extra, strict)
+        self.new_goal_fits = {g: name for g, (_, _, name) in zip(self.new_goals, extra)}
         self.set_calibration([entries[g]["temperature"] for g in self.spec.goals] + [t for t, _, _ in extra],
                              [entries[g]["threshold"] for g in self.spec.goals] + [b for _, b, _ in extra])
         self.calibration, self.calibration_path = data, Path(path)
@@ -230,6 +232,7 @@ class RewardModel(nn.Module):
         for g in new:
             self.goal_to_index[g] = len(self.goal_to_index)
         self.new_goals = self.new_goals + new
+        self.new_goal_fits.update({g: name for g, (_, _, name) in zip(new, fits)})
         self.temperatures = torch.cat([self.temperatures, self.temperatures.new_tensor([t for t, _, _ in fits])])
         self.thresholds = torch.cat([self.thresholds, self.thresholds.new_tensor([b for _, b, _ in fits])])
         self._new_text_cache = None

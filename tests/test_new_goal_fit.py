@@ -1,5 +1,6 @@
 """The fit for goals outside the goal set: fitted on held-out goals, cross-fitted by halves, read at load."""
 
+import re
 import warnings
 
 import numpy as np
@@ -95,12 +96,28 @@ def test_new_goals_read_the_new_goal_fit_and_held_out_goals_their_cross_fit(save
     assert torch.allclose(rm.thresholds[3:], torch.tensor([0.15, 0.2, 0.25]))
     assert torch.allclose(rm.thresholds[:3], torch.tensor([0.5, 0.5, 0.5]))  # saved goals keep their own fit
     assert rm.calibrated == {**{g: True for g in GOALS}, **{g: False for g in goals}}
+    assert rm.new_goal_fits == {goals[0]: "fit.new_goal.cross_fit[1]", goals[1]: "fit.new_goal",
+                                goals[2]: "fit.new_goal.cross_fit[0]"}
     late = RewardModel.load(rm_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QualityWarning)
         late.load_calibration(cal)
         late.add_goals(goals)  # added after the calibration: the same values
     assert torch.equal(late.thresholds, rm.thresholds) and torch.equal(late.temperatures, rm.temperatures)
+    assert late.new_goal_fits == rm.new_goal_fits
+
+
+def test_score_cli_names_the_new_goal_fit(saved_with_new_goal_fit, tmp_path, capsys):
+    from PIL import Image
+
+    from vlmr.cli import main
+
+    path = tmp_path / "f.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(path)
+    rm_dir, cal = saved_with_new_goal_fit
+    assert main(["score", "--model", str(rm_dir), "--calibration", str(cal), "--goal", "pick up the yellow key",
+                 str(path)]) == 0
+    assert re.search(r"\[0\]\s+no: new, new-goal fit\s+pick up the yellow key", capsys.readouterr().out)
 
 
 def test_each_task_family_gets_a_fit_of_its_own_and_its_new_goals_read_it(saved_with_new_goal_fit):

@@ -192,6 +192,7 @@ def test_score_cli_marks_new_goals_not_calibrated(saved, tmp_path, capsys):
     out = capsys.readouterr()
     result = json.loads(out.out)
     assert result["calibrated"] == {GOALS[0]: True, NEW[0]: False} and result["new_goals"] == [NEW[0]]
+    assert result["new_goal_fits"] == {NEW[0]: "fit.shared"}  # this calibration had no held-out goals to fit on
     assert "warning:" in out.err and "calibrated: false" in out.err
     assert main([*args, str(path)]) == 0
     table = capsys.readouterr().out

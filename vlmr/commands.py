@@ -6,7 +6,8 @@
     vlmr score --model runs/demo/adapted --goal "go to the purple box" frame.png   # a goal outside the saved set
 
 With --model, a --goal outside the model's goal set is scored too: against the saved candidates plus itself,
-at the calibration's pooled temperature and threshold, and shown as not calibrated (--strict refuses it).
+at the calibration's temperature and threshold for new goals (fitted on goals held out of fine-tuning, else
+the pooled fit of the saved goals), and shown as not calibrated (--strict refuses it).
 
 A shard is checked like every dataset reader checks it: its sha256 against the manifest.json beside it (when one
 lists it) and each frame against its stored frame hash; any damage is a one-line error, never partial scores.
@@ -171,14 +172,17 @@ def score_main(argv: list[str]) -> int:
         calibrated = rm.calibrated
         print(json.dumps({"model_id": rm.model_id, "reward_mode": rm.spec.reward_mode,
                           "calibrated": {g: calibrated[g] for g in goals}, "new_goals": rm.new_goals,
+                          "new_goal_fits": rm.new_goal_fits,
                           "results": results}, indent=2))
         return 0
     print(f"reward model {rm.model_id[:12]} ({rm.spec.arch}), mode {rm.spec.reward_mode}; P(g|o), * = reward >= threshold")
-    print(f"  {'':<5} {'calibrated':<18} goal")
+    print(f"  {'':<5} {'calibrated':<22} goal")
     for k, g in enumerate(goals):
-        cal = ("yes" if rm.calibrated[g] else "no: new, pooled fit" if rm.calibration and g in rm.new_goals
-               else "no: new goal" if g in rm.new_goals else "no")
-        print(f"  {'[' + str(k) + ']':<5} {cal:<18} {g}")
+        fit = rm.new_goal_fits.get(g, "")
+        cal = ("yes" if rm.calibrated[g] else "no: new, pooled fit" if fit == "fit.shared"
+               else "no: new, new-goal fit" if fit.startswith("fit.new_goal") else "no: new goal" if g in rm.new_goals
+               else "no")
+        print(f"  {'[' + str(k) + ']':<5} {cal:<22} {g}")
     print(f"{'input':<40} " + " ".join(f"{'[' + str(k) + ']':>9}" for k in range(len(goals))))
     for r in results:
         cells = [f"{r['probs'][g]:8.3f}{'*' if r['probs'][g] >= float(rm.thresholds[rm.goal_to_index[g]]) else ' '}"
