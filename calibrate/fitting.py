@@ -254,6 +254,11 @@ class CalibrationFit:
     warnings: list[str]
 
 
+def at_bound(tau: float, tau_min: float, tau_max: float) -> bool:
+    """Whether a fitted temperature sits at a bound of its search (the likelihood wanted it further)."""
+    return bool(math.isclose(tau, tau_min, rel_tol=1e-3) or math.isclose(tau, tau_max, rel_tol=1e-3))
+
+
 def fit_pooled(sims, labels, criterion: ThresholdCriterion, tau_min: float = 1e-3, tau_max: float = 10.0,
                how: str = "pooled fit over all goals") -> tuple[dict, ThresholdChoice]:
     """One temperature and one threshold for every (frame, goal) pair of sims (N, C) and labels (N, G)."""
@@ -263,8 +268,8 @@ def fit_pooled(sims, labels, criterion: ThresholdCriterion, tau_min: float = 1e-
     tau = as_float32(tau)
     choice = choose_threshold(goal_probs(sims, torch.full((labels.shape[1],), tau)).reshape(-1),
                               labels.reshape(-1), criterion)
-    at_bound = math.isclose(tau, tau_min, rel_tol=1e-3) or math.isclose(tau, tau_max, rel_tol=1e-3)
-    return {"temperature": tau, "threshold": choice.threshold, "how": how, "nll": nll, "at_bound": at_bound,
+    return {"temperature": tau, "threshold": choice.threshold, "how": how, "nll": nll,
+            "at_bound": at_bound(tau, tau_min, tau_max),
             "target_met": choice.target_met, "val_precision": choice.precision, "val_recall": choice.recall,
             **guarantee_fields(choice)}, choice
 
@@ -292,8 +297,6 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
         notes.append(f"goal {goal!r}: {msg}")
         grouped[kind].append(f"{goal!r} ({short})")
 
-    def bound_hit(tau):
-        return bool(math.isclose(tau, tau_min, rel_tol=1e-3) or math.isclose(tau, tau_max, rel_tol=1e-3))
 
     sims64, labels64 = _f64(sims), _f64(labels)
     shared, shared_choice = fit_pooled(sims, labels, criterion, tau_min, tau_max)
@@ -319,7 +322,7 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
             tau, nll = fit_log_temperature(lambda t, g=g: goal_nll(sims64, labels64[:, g], g, t), tau_min, tau_max)
             tau = as_float32(tau)
             temps.append(tau)
-            entry.update(fallback=False, fallback_reason=None, nll=nll, at_bound=bound_hit(tau))
+            entry.update(fallback=False, fallback_reason=None, nll=nll, at_bound=at_bound(tau, tau_min, tau_max))
             if entry["at_bound"]:
                 warn("bound", names[g], f"fitted temperature {tau:.4g} sits at a bound of [{tau_min:g}, {tau_max:g}]; "
                      "widen the bounds or check the labels", f"{tau:.4g}")

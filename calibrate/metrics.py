@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from vlmr.calibrate.fitting import goal_probs
+from vlmr.finetune.new_goals import goal_family
 
 from vlmr.core.metrics import METRICS, binary_metrics, macro_average
 
@@ -100,7 +101,7 @@ def goal_groups(goals: list[str], holdout: list[str] | None) -> dict[str, list[s
     if held:
         for name in ("seen", "held out"):
             groups[name] = [g for g in goals if status[g] == name]
-    families = {g: g.split(" the ")[0] for g in goals if " the " in g}
+    families = {g: goal_family(g) for g in goals if goal_family(g) is not None}
     if len(set(families.values())) > 1:
         for fam in dict.fromkeys(families.values()):
             for name in (("seen", "held out") if held else ("",)):

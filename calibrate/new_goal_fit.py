@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 from vlmr.calibrate.fitting import ThresholdCriterion, fit_pooled
+from vlmr.finetune.new_goals import goal_family
 
 
 def new_goal_pairs(sims: torch.Tensor, labels: torch.Tensor, num_saved: int, num_goals: int,
@@ -35,11 +36,6 @@ def new_goal_pairs(sims: torch.Tensor, labels: torch.Tensor, num_saved: int, num
     the saved goals' labels then the added goals'. columns: indices 0..H-1 of the added goals to stack."""
     rows = [torch.cat([sims[:, num_saved + j:num_saved + j + 1], sims[:, :num_saved]], dim=1) for j in columns]
     return torch.cat(rows), torch.cat([labels[:, num_goals + j] for j in columns]).unsqueeze(1)
-
-
-def goal_family(goal: str) -> str | None:
-    """A goal's task family: the words before " the " ("go to", "pick up"); None for goals without it."""
-    return goal.split(" the ")[0] if " the " in goal else None
 
 
 def _fit_group(sims, labels, num_saved: int, num_goals: int, held: list[str], members: list[int],

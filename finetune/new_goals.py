@@ -63,6 +63,11 @@ def warn_prompt_rule(spec, path, new: list[str], strict: bool) -> None:
                       "goal_templates (finetune model.goal_templates) to prompt them alike", strict, stacklevel=3)
 
 
+def goal_family(goal: str) -> str | None:
+    """A goal's task family: the words before " the " ("go to", "pick up"); None for goals without it."""
+    return goal.split(" the ")[0] if " the " in goal else None
+
+
 def new_goal_fit(calibration: dict, path: str | Path | None, goal: str) -> tuple[float, float, str]:
     """(temperature, threshold, name of the fit) that goal `goal`, outside the goal set, gets from a calibration.
 
@@ -74,7 +79,7 @@ def new_goal_fit(calibration: dict, path: str | Path | None, goal: str) -> tuple
     entry, name = fit.get("shared") or {}, "fit.shared"
     if fit.get("new_goal"):
         entry, name = fit["new_goal"], "fit.new_goal"
-        family = goal.split(" the ")[0] if " the " in goal else None  # calibrate/new_goal_fit.py goal_family
+        family = goal_family(goal)
         if family in (entry.get("families") or {}):
             entry, name = entry["families"][family], f"fit.new_goal.families[{family!r}]"
         for i, part in enumerate(entry.get("cross_fit") or []):

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlmr.rl.experiments.pipeline_refine import refine_stages, refined_arm
+
 from vlmr.core.files import atomic_write_text, read_json
 from vlmr.core.reporting import fmt
 
@@ -90,9 +92,9 @@ def group_lines(models: list[dict]) -> list[str]:
 
 def refine_lines(run_dir: Path) -> list[str]:
     """The on-policy rounds: rollout frames recorded, and each refined model's test metrics per dataset."""
-    folders = [run_dir / "refine"]
-    while (run_dir / f"refine_{len(folders) + 1}").is_dir():  # on-policy rounds 2, 3, ... (refine_rounds)
-        folders.append(run_dir / f"refine_{len(folders) + 1}")
+    folders = [run_dir / refine_stages(1)[0]]
+    while (run_dir / refine_stages(len(folders) + 1)[0]).is_dir():  # on-policy rounds 2, 3, ... (refine_rounds)
+        folders.append(run_dir / refine_stages(len(folders) + 1)[0])
     summaries = [read_json(f / "summary.json", "refine summary") for f in folders if (f / "summary.json").is_file()]
     if not summaries:
         return []
@@ -106,7 +108,7 @@ def refine_lines(run_dir: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     cal = {}
     for k, summary in enumerate(summaries, start=1):
-        arm = "refined" if k == 1 else f"refined_{k}"
+        arm = refined_arm(k)
         for r in summary["rounds"]:
             cal = read_json(Path(r["calibration"]), "refined calibration")
             for d in cal["metrics"].get("datasets") or []:
