@@ -109,9 +109,9 @@ def test_public_api_exports_resolve():
     (["finetune", "--help"], "pytorch_lightning", "train"),
     (["rl", "babyai_goto"], "minigrid", "envs"),
 ])
-def test_a_missing_extra_is_named(command, module, extra):
+def test_a_missing_extra_is_named(command, module, extra, tmp_path):
     r = run_python(f"import sys; sys.modules[{module!r}] = None\n"
-                   f"from vlmr.cli import main; sys.exit(main({command!r}))")
+                   f"from vlmr.cli import main; sys.exit(main({command!r}))", cwd=tmp_path)  # it may write runs/
     assert r.returncode == 2, r.stderr
     assert f"pip install 'vlmr[{extra}]'" in r.stderr and module in r.stderr
 
