@@ -109,8 +109,32 @@ def test_make_env_render_and_topdown():
     top = babyai.make_env("BabyAI-GoToLocal-v0", view="topdown", image_size=64)
     top.reset(seed=3)
     assert top.render().shape == (64, 64, 3)
-    with pytest.raises(VlmrError, match="egocentric, topdown"):
+    with pytest.raises(VlmrError, match="views are egocentric, egocentric_carry, topdown"):
         babyai.make_env("BabyAI-GoToLocal-v0", view="sideways")
+    with pytest.raises(VlmrError, match="env_kwargs view 'sideways'"):
+        babyai.make_env("BabyAI-GoToLocal-v0", env_kwargs={"view": "sideways"})
+
+
+def test_egocentric_carry_shows_what_is_held_and_nothing_else_changes(room):
+    from minigrid.core.world_object import Ball
+
+    u = room.unwrapped
+    plain, carry = babyai.render_frame(u, 64), babyai.render_frame(u, 64, "egocentric_carry")
+    assert np.array_equal(plain, carry)  # empty-handed: the same frame
+    u.carrying = Ball("blue")
+    plain, carry = babyai.render_frame(u, 64), babyai.render_frame(u, 64, "egocentric_carry")
+    cell = (slice(6 * 9, 7 * 9), slice(3 * 9, 4 * 9))  # the agent's cell: bottom row, centre column, 9 px tiles
+    outside = np.ones(plain.shape[:2], bool)
+    outside[cell] = False
+    assert np.array_equal(plain[outside], carry[outside])
+    red = (carry[cell][..., 0] > 200) & (carry[cell][..., 2] < 120)
+    blue = (carry[cell][..., 2] > 200) & (carry[cell][..., 0] < 120)
+    assert not red.any() and blue.sum() > ((plain[cell][..., 2] > 200) & (plain[cell][..., 0] < 120)).sum()
+    # PPO's envs take the view from env_kwargs, the way a compare passes it
+    env = babyai.make_env("BabyAI-PickupLoc-v0", env_kwargs={"view": "egocentric_carry"}, memo_render=True)
+    env.reset(seed=0)
+    env.unwrapped.carrying = Ball("blue")
+    assert np.array_equal(env.render(), babyai.render_frame(env.unwrapped, 64, "egocentric_carry"))
 
 
 def test_captions_paraphrase_the_state(room):

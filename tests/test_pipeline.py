@@ -254,3 +254,15 @@ def test_refine_without_a_compare_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(VlmrError, match="refine replays the compare's agents"):
         load_config(PipelineConfig, str(path))
+
+
+@pytest.mark.parametrize(("view", "frame_size", "rl"), [
+    ("egocentric", None, {}),
+    ("egocentric", 96, {"image_size": 96}),
+    ("egocentric_carry", None, {"env_kwargs": {"view": "egocentric_carry"}}),
+])
+def test_agents_reward_sees_frames_drawn_as_the_domain_data(tmp_path, view, frame_size, rl):
+    from vlmr.rl.experiments.pipeline_stages import frames_like_domain
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"view": view}))
+    assert frames_like_domain(frame_size, tmp_path) == rl

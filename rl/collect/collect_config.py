@@ -35,7 +35,8 @@ class CollectConfig:
     env_mix: list[str] = dataclasses.field(default_factory=list)  # babyai: more env ids, episodes take turns
     goals: list[str] | None = None  # goal set to label; null: the source's own (babyai: its family's goals; a
     # family name such as goto or pickup stands for all its goals)
-    view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | topdown (whole grid)
+    view: str = "egocentric"  # babyai frames: egocentric (minigrid point of view) | egocentric_carry (a carried
+    # object drawn without the agent over it) | topdown (whole grid); rl/envs/babyai.py
     image_size: PositiveInt = 64  # frame side in pixels, the reward model's input size
     frames: SplitFrames = dataclasses.field(default_factory=SplitFrames)  # frames per split
     shard_size: int = 1000  # frames per shard (at most 10000)

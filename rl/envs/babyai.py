@@ -9,7 +9,11 @@
 
 Views: "egocentric" (default) is minigrid's point-of-view render of the 7 x 7
 cells ahead, agent at the bottom centre, the faced cell just above it, a
-carried object drawn in the agent's cell. "topdown" is the whole grid. Frames
+carried object drawn in the agent's cell under the agent's triangle, which
+hides most of it at 64 px (a red key and a red ball look alike there).
+"egocentric_carry" draws a carried object in that cell without the triangle:
+the agent never moves in this view, so the triangle says nothing a frame
+needs, and what is held becomes visible. "topdown" is the whole grid. Frames
 are rendered directly at the model's size by picking the tile size
 (image_size // cells) and padding the few leftover pixels with black, so no
 resize is needed (64 px: tile 9 -> 63 px + 1; 112 px: tile 16 exactly).
@@ -48,7 +52,8 @@ from vlmr.rl.envs.babyai_labels import (  # noqa: F401 - label_goals, frame_capt
 
 from vlmr.core.errors import VlmrError
 
-VIEWS = ("egocentric", "topdown")
+VIEWS = ("egocentric", "egocentric_carry", "topdown")
+EGOCENTRIC = ("egocentric", "egocentric_carry")  # views drawn from gen_obs_grid()
 # env id -> (family, object types of its goal set). Missions outside the set (e.g. "go to a ball") are skipped.
 ENVS = {
     **{f"BabyAI-{n}-v0": ("goto", OBJECT_TYPES) for n in (
@@ -68,7 +73,8 @@ NAME = "babyai"
 ENV_ID_PREFIXES = ("BabyAI-", "MiniGrid-")
 OBS_MODES = ("symbolic", "pixels")
 ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")  # MiniGrid's Actions, in order
-ENV_OPTIONS = {"goals": "draw episodes only for these missions (a subset of the env's goal set, e.g. held-out goals)"}
+ENV_OPTIONS = {"goals": "draw episodes only for these missions (a subset of the env's goal set, e.g. held-out goals)",
+               "view": f"the frame the reward model sees: one of {', '.join(VIEWS)} (as the data it was trained on)"}
 
 
 def _check_env_id(env_id: str) -> tuple[str, tuple[str, ...]]:
@@ -93,6 +99,8 @@ def check_env(env_id: str, obs_mode: str | None = None, env_kwargs: dict | None 
         raise VlmrError(f"env_kwargs {unknown}: {env_id} takes only {sorted(ENV_OPTIONS)}")
     if (env_kwargs or {}).get("goals") is not None:
         mission_subset(env_id, env_kwargs["goals"])
+    if (env_kwargs or {}).get("view", "egocentric") not in VIEWS:
+        raise VlmrError(f"env_kwargs view {env_kwargs['view']!r}: views are {', '.join(VIEWS)}")
 
 
 def goal_set(env_id: str, env_kwargs: dict | None = None) -> list[str] | None:
@@ -185,13 +193,13 @@ class MemoRender(gym.Wrapper):
     max_bytes = 128 << 20  # ~10000 frames at 64 px, ~3500 at 112 px
     used_bytes = 0
 
-    def __init__(self, env, image_size: int):
+    def __init__(self, env, image_size: int, view: str = "egocentric"):
         super().__init__(env)
-        self.image_size = image_size
+        self.image_size, self.view = image_size, view
 
     def render(self):
         grid, vis = self.env.unwrapped.gen_obs_grid()
-        key = (self.image_size, grid.encode().tobytes(), vis.tobytes())
+        key = (self.image_size, self.view, grid.encode().tobytes(), vis.tobytes())
         frame = self.memo.get(key)
         if frame is None:
             frame = np.asarray(self.env.render())
@@ -229,16 +237,18 @@ def make_env(env_id: str, image_size: int = 64, obs_mode: str | None = None, env
     """A gymnasium MiniGrid env whose `render()` returns the frame (uint8 image_size x image_size x 3).
 
     obs_mode None keeps minigrid's obs dict; "symbolic" / "pixels" give the policy's view (PolicyObs).
-    memo_render (egocentric view only, the one it keys on) memoises frames with MemoRender.
+    memo_render (egocentric views only, the ones it keys on) memoises frames with MemoRender.
+    env_kwargs' `view`, when given, is the view (PPO's envs take their options from env_kwargs).
     """
     check_env(env_id, obs_mode, env_kwargs)
+    view = (env_kwargs or {}).get("view", view)
     if view not in VIEWS:
         raise VlmrError(f"unknown view {view!r}; views are {', '.join(VIEWS)}")
     env = Frames(gym.make(env_id), view, image_size)
     if (env_kwargs or {}).get("goals") is not None:
         env = MissionFilter(env, mission_subset(env_id, env_kwargs["goals"]))
-    if memo_render and view == "egocentric":
-        env = MemoRender(env, image_size)
+    if memo_render and view in EGOCENTRIC:
+        env = MemoRender(env, image_size, view)
     return PolicyObs(env, obs_mode) if obs_mode else env
 
 
@@ -256,19 +266,20 @@ def _pad(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _pov(env, image_size: int):
+def _pov(env, image_size: int, view: str = "egocentric"):
     """Egocentric frame plus the view grid and visibility mask it was drawn from."""
     n = env.agent_view_size
-    grid, vis = env.gen_obs_grid()
-    img = grid.render(max(1, image_size // n), agent_pos=(n // 2, n - 1), agent_dir=3, highlight_mask=vis)
+    grid, vis = env.gen_obs_grid()  # a carried object sits in the agent's cell of this grid
+    agent = None if view == "egocentric_carry" and env.carrying is not None else (n // 2, n - 1)
+    img = grid.render(max(1, image_size // n), agent_pos=agent, agent_dir=3, highlight_mask=vis)
     return _pad(img, image_size), grid, vis
 
 
 def render_frame(env, image_size: int = 64, view: str = "egocentric") -> np.ndarray:
     """The frame of an (unwrapped) minigrid env: uint8 image_size x image_size x 3."""
     env = env.unwrapped
-    if view == "egocentric":
-        return _pov(env, image_size)[0]
+    if view in EGOCENTRIC:
+        return _pov(env, image_size, view)[0]
     if view == "topdown":
         tile = max(1, image_size // max(env.width, env.height))
         return _pad(env.grid.render(tile, env.agent_pos, env.agent_dir, None), image_size)
@@ -301,8 +312,8 @@ class BabyAISource:
         self.attribute_captions = attribute_captions
 
     def _frame(self, u, rng):
-        if self.view == "egocentric":
-            frame, grid, vis = _pov(u, self.image_size)
+        if self.view in EGOCENTRIC:
+            frame, grid, vis = _pov(u, self.image_size, self.view)
         else:
             frame, grid, vis = render_frame(u, self.image_size, self.view), None, None
         meta = {"env": self.env_id, "mission": self.mission, **state_meta(u, self.goals, rng, self.view, grid, vis)}

@@ -84,6 +84,6 @@ def state_meta(env, goals: list[str], rng, view: str = "egocentric", grid=None, 
     grid and visibility the frame was drawn from (computed when not given); the topdown view has none.
     """
     u = env.unwrapped
-    if view == "egocentric" and grid is None:
+    if view != "topdown" and grid is None:
         grid, vis = u.gen_obs_grid()
     return {"labels": label_goals(u, goals), "captions": frame_captions(u, grid, vis, rng)}

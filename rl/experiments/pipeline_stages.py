@@ -223,8 +223,8 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     out = run_dir / "compare"
     arms = {arm: {"reward_model": str(d), "calibration": str(d / "calibration.json")} for arm, d in models.items()}
     wiring = {"out_dir": str(out), "reward_models": arms, "strict": cfg.strict}
-    if cfg.frame_size:  # the agents' reward sees frames drawn the way the domain data was
-        wiring["rl"] = {"image_size": cfg.frame_size}
+    if rl := frames_like_domain(cfg.frame_size, domain):
+        wiring["rl"] = rl
     ccfg = stage_config(CompareConfig, cfg.compare, wiring, "compare")
     if not ccfg.contrasts:
         ccfg = dataclasses.replace(ccfg, contrasts=DEFAULT_CONTRASTS)
@@ -245,6 +245,16 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
     runner.run(refine_stages(len(refined))[1] if refined else "compare",
                {"config": dataclasses.asdict(ccfg), **_model_identities(models)}, valid, body)
     return out / "report.md"
+
+
+def frames_like_domain(frame_size: int | None, domain: Path) -> dict:
+    """The agents' `rl` settings under which their reward sees frames drawn as the domain data's were: the size
+    they were drawn at and, when it is not the default, the view ({} when both are the defaults)."""
+    rl = {"image_size": frame_size} if frame_size else {}
+    view = read_json(domain / "manifest.json", "dataset manifest").get("view")
+    if view == "egocentric_carry":  # BabyAI's other view; "egocentric" is every env's default
+        rl["env_kwargs"] = {"view": view}
+    return rl
 
 
 def holdout_missions(domain: Path, env_id: str) -> list[str]:
