@@ -86,7 +86,7 @@ def test_vector_env_errors_name_the_fix():
                         env_kwargs={"goals": ["eat cow"]})
     with pytest.raises(VlmrError, match=r"env_kwargs goals \['x'\]: not missions of BabyAI-GoToObj-v0"):
         make_vector_env("BabyAI-GoToObj-v0", 1, AutoresetMode.SAME_STEP, env_kwargs={"goals": ["x"]})
-    with pytest.raises(VlmrError, match=r"env_kwargs \['max_steps'\]: BabyAI-GoToObj-v0 takes only \['goals'\]"):
+    with pytest.raises(VlmrError, match=r"env_kwargs \['max_steps'\]: BabyAI-GoToObj-v0 takes only \['goals', 'view'\]"):
         make_vector_env("BabyAI-GoToObj-v0", 1, AutoresetMode.SAME_STEP, env_kwargs={"max_steps": 3})
     with pytest.raises(ValueError, match="unknown actions"):
         PPOConfig(env_id="vlmr/CrafterGoal-v0", actions=["forward"])
