@@ -297,7 +297,6 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
         notes.append(f"goal {goal!r}: {msg}")
         grouped[kind].append(f"{goal!r} ({short})")
 
-
     sims64, labels64 = _f64(sims), _f64(labels)
     shared, shared_choice = fit_pooled(sims, labels, criterion, tau_min, tau_max)
     shared_tau = shared["temperature"]

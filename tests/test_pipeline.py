@@ -260,6 +260,7 @@ def test_refine_without_a_compare_is_a_config_error(tmp_path):
     ("egocentric", None, {}),
     ("egocentric", 96, {"image_size": 96}),
     ("egocentric_carry", None, {"env_kwargs": {"view": "egocentric_carry"}}),
+    ("topdown", 96, {"image_size": 96, "env_kwargs": {"view": "topdown"}}),
 ])
 def test_agents_reward_sees_frames_drawn_as_the_domain_data(tmp_path, view, frame_size, rl):
     from vlmr.rl.experiments.pipeline_stages import frames_like_domain

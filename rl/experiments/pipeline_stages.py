@@ -252,7 +252,7 @@ def frames_like_domain(frame_size: int | None, domain: Path) -> dict:
     they were drawn at and, when it is not the default, the view ({} when both are the defaults)."""
     rl = {"image_size": frame_size} if frame_size else {}
     view = read_json(domain / "manifest.json", "dataset manifest").get("view")
-    if view == "egocentric_carry":  # BabyAI's other view; "egocentric" is every env's default
+    if view not in (None, "egocentric"):  # every env's default view needs no option (and keeps fingerprints)
         rl["env_kwargs"] = {"view": view}
     return rl
 
