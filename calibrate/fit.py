@@ -47,6 +47,9 @@ from vlmr.core.quality import QualityWarning, quality_issue
 from vlmr.core.reporting import fmt
 
 VIEW_KEYS = METRICS + BEFORE_KEYS  # the numbers of a view that go to the logger
+# what calibration.json's thresholds mean; pipeline and refine records hold it, so a change reruns calibrations
+# (2: a guaranteed threshold is the highest accepted one with the most recall, not the lowest accepted one)
+METHOD_VERSION = 2
 
 
 @config_dataclass

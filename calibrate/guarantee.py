@@ -19,7 +19,10 @@ Algorithms to Achieve Risk Control", 2021, with fixed-sequence testing):
   evidence and are passed over; they are fixed by the scores alone, not the labels, so the sequence is
   still fixed given the scores.
 
-The chosen threshold is the lowest accepted one: the largest recall the guarantee allows. The guarantee
+The chosen threshold gives the largest recall the guarantee allows, that of the lowest accepted one; among
+the accepted thresholds with that same recall it is the highest, as the point estimate breaks its ties: going
+lower would add only false positives, rewards an agent would farm. Any accepted threshold carries the
+guarantee, so the choice among them costs nothing. The guarantee
 takes the temperature that turned similarities into probabilities as given; it is one parameter fitted
 by likelihood on the same split, a far smaller choice than the threshold scan this corrects for.
 
@@ -41,7 +44,7 @@ THRESHOLD_GRID = (1.0 / (1.0 + np.exp(-np.arange(10.0, -10.0 - 1e-9, -0.25)))).a
 @dataclasses.dataclass(frozen=True)
 class GuaranteedChoice:
     guaranteed: bool  # some threshold's lower bound reached the target within the fixed sequence
-    threshold: float | None  # the lowest accepted threshold (None when not guaranteed)
+    threshold: float | None  # the highest accepted threshold with the most recall (None when not guaranteed)
     bound: float | None  # the lower confidence bound on precision at that threshold
     best_bound: float  # the highest lower bound at any grid threshold (what the data can show at best)
     best_threshold: float | None  # where that best bound is
@@ -84,7 +87,7 @@ def predicted_needed(precision: float, target: float, confidence: float, limit: 
 
 def guaranteed_threshold(probs, labels, target: float, confidence: float,
                          grid: np.ndarray = THRESHOLD_GRID) -> GuaranteedChoice:
-    """The lowest grid threshold accepted by the fixed-sequence Clopper-Pearson scan (module docstring)."""
+    """The grid threshold chosen among those the fixed-sequence Clopper-Pearson scan accepts (module docstring)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -96,12 +99,14 @@ def guaranteed_threshold(probs, labels, target: float, confidence: float,
     correct = correct_so_far[predicted]
     bounds = precision_lower_bound(correct, predicted, confidence)
 
-    accepted, stopped = None, None
+    accepted, stopped, passed = None, None, []
     for i in np.flatnonzero(predicted >= min_predicted(target, confidence)):  # the fixed sequence, highest first
         if bounds[i] < target:
             stopped = float(grid[i])
             break
-        accepted = i
+        passed.append(i)
+    if passed:  # the most recall (the lowest accepted), at the highest threshold that keeps all of it
+        accepted = next(i for i in passed if correct[i] == correct[passed[-1]])
     best = int(np.argmax(bounds)) if len(bounds) else None
     best_bound = float(bounds[best]) if best is not None else 0.0
     if accepted is not None:

@@ -67,6 +67,16 @@ def test_scan_stops_at_the_first_threshold_that_fails():
     assert choice.threshold in THRESHOLD_GRID
 
 
+def test_lower_thresholds_that_add_only_false_positives_are_not_chosen():
+    # every positive scores 0.99; below, 3 negatives at 0.3 still pass the bound (100 of 103) but add no recall
+    probs = np.r_[np.full(100, 0.99), np.full(3, 0.3), np.full(500, 0.001)]
+    labels = np.r_[np.ones(100), np.zeros(503)].astype(bool)
+    choice = guaranteed_threshold(probs, labels, 0.9, 0.9)
+    assert choice.guaranteed and 0.3 < choice.threshold <= 0.99  # recall 1 with no false positive
+    assert choice.stopped_at is not None and choice.stopped_at < 0.3  # the scan itself went below 0.3
+    assert choice.bound == pytest.approx(0.1 ** (1 / 100))
+
+
 def test_too_few_positives_is_not_guaranteed_and_says_what_it_needs():
     probs = np.r_[np.full(20, 0.99), np.full(200, 0.01)]
     labels = np.r_[np.ones(20), np.zeros(200)].astype(bool)

@@ -160,7 +160,7 @@ def _calibration_current(rm_dir: Path) -> bool:
 def calibrate_models(cfg: PipelineConfig, runner: StageRunner, models: dict[str, Path], domain: Path,
                      domain_sha: str) -> dict[str, Path]:
     """Calibrate each reward model on the domain's val split (metrics on test); returns their report.md paths."""
-    from vlmr.calibrate.fit import CalibrateConfig, calibrate
+    from vlmr.calibrate.fit import METHOD_VERSION, CalibrateConfig, calibrate
     from vlmr.finetune.reward_model import reward_model_id
 
     reports = {}
@@ -174,7 +174,7 @@ def calibrate_models(cfg: PipelineConfig, runner: StageRunner, models: dict[str,
                     f"AUROC {fmt(m.get('auroc'))}")
 
         runner.run(f"calibrate_{arm}", {"config": dataclasses.asdict(kcfg), "model": reward_model_id(rm_dir),
-                                        "domain": domain_sha},
+                                        "domain": domain_sha, "method": METHOD_VERSION},
                    lambda rm_dir=rm_dir: _calibration_current(rm_dir), body)
         reports[arm] = rm_dir / "calibration" / "report.md"
     return reports

@@ -139,7 +139,7 @@ def _link(out: Path, target: Path) -> Path:
 
 def refine(cfg: RefineConfig, force: set[str] = frozenset()) -> Path:
     """Run the rounds (skipping finished steps); returns the refined reward-model dir (with its calibration.json)."""
-    from vlmr.calibrate.fit import calibrate
+    from vlmr.calibrate.fit import METHOD_VERSION, calibrate
     from vlmr.finetune.reward_model import read_spec, reward_model_id
     from vlmr.finetune.train import finetune
     from vlmr.rl.experiments.pipeline_stages import _calibration_current, headline
@@ -195,7 +195,7 @@ def refine(cfg: RefineConfig, force: set[str] = frozenset()) -> Path:
             return f"{view} test precision {fmt(m.get('precision'))} recall {fmt(m.get('recall'))} AUROC {fmt(m.get('auroc'))}"
 
         runner.run(f"round_{r}_calibrate", {"config": dataclasses.asdict(kcfg), "model": reward_model_id(rm_dir),
-                                            "data": data_sha, "rollouts": rollouts_sha},
+                                            "data": data_sha, "rollouts": rollouts_sha, "method": METHOD_VERSION},
                    lambda rm_dir=rm_dir: _calibration_current(rm_dir), fit)
         rounds.append({"round": r, "parent": str(parent), "parent_id": reward["model"], "reward_calibration": calibration,
                        "rollouts": str(rollouts), "rollout_counts": read_json(rollouts / MANIFEST_FILE)["rollouts"],
