@@ -53,10 +53,13 @@ def test_early_stopping_stops_on_a_plateau_and_exports_the_best_checkpoint(tmp_p
     assert s["stopped_early"] and s["steps"] < 60 and s["val_split"] == "select"
     best = max(curve, key=lambda h: h["val/own_goal_auroc"])
     assert s["best_step"] == best["step"]
-    # the exported model is the best step's: validating it again gives the best validation's figure
-    assert s["val"]["val/own_goal_auroc"] == pytest.approx(best["val/own_goal_auroc"], abs=1e-6)
+    # the exported model is the best step's: validating it again gives the best validation's figure, not a
+    # later one's. Not bit for bit: on some CPUs the two validations of this wrecked model differ by about 0.001
+    exported, top = s["val"]["val/own_goal_auroc"], best["val/own_goal_auroc"]
+    assert exported == pytest.approx(top, abs=5e-3)
     later = [h["val/own_goal_auroc"] for h in curve if h["step"] > s["best_step"]]
-    assert len(later) == 2 and all(v <= best["val/own_goal_auroc"] for v in later)  # patience 2, then stop
+    assert len(later) == 2 and all(v <= top for v in later)  # patience 2, then stop
+    assert all(abs(exported - top) < abs(exported - v) for v in later)
 
 
 def test_early_stopping_without_a_select_split_is_refused(tmp_path, babyai_dataset):
