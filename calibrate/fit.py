@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from vlmr.calibrate.fitting import CalibrationWarning, ThresholdCriterion, fit_calibration
 from vlmr.calibrate.metrics import BEFORE_KEYS, add_before, evaluate_scores
@@ -64,6 +65,8 @@ class CalibrateConfig:
     target_precision: float = 0.95  # precision_at: precision the threshold must reach on fit_split, in (0, 1]
     confidence: float | None = 0.9  # precision_at: the target holds with this probability (exact Clopper-Pearson
     # bound, fixed-sequence scan; docs/DESIGN.md); null = today's point estimate on fit_split
+    threshold_frames: Literal["all", "own_goal"] = "all"  # the fit_split frames each goal's threshold is chosen on:
+    # every frame scored for the goal, or only its own episodes' frames, where its RL reward is paid (docs/DESIGN.md)
     f_beta: float = 1.0  # fbeta criterion: F-beta's beta, > 1 favours recall (not the reward threshold beta_g)
     min_positives: int = 10  # goals with fewer positives in fit_split get the shared fallback values
     new_goal_fit: bool = True  # when the data has goals held out of fine-tuning, fit on their fit_split frames
@@ -202,6 +205,7 @@ def build_calibration(rm, cfg, crit, fit, val, metrics, manifest, test, datasets
         "guarantee": guarantee_summary(goals),
         "criterion": _criterion_entry(crit),
         "fit": {"split": cfg.fit_split, "frames": int(val.labels.shape[0]), "skipped": int(val.meta.get("skipped", 0)),
+                "threshold_frames": cfg.threshold_frames,
                 "min_positives": cfg.min_positives,
                 "temperature_bounds": [cfg.temperature_min, cfg.temperature_max], "shared": shared,
                 "defaults": {"temperature": rm.spec.temperature, "threshold": rm.spec.threshold},
@@ -270,8 +274,19 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict:
                         "there is nothing to fit a threshold to. Collect data in which goals are reached.")
     crit = ThresholdCriterion(cfg.criterion, cfg.target_precision, cfg.f_beta,
                               cfg.confidence if cfg.criterion == "precision_at" else None)
+    own_goal = None
+    if cfg.threshold_frames == "own_goal":
+        own_goal = val.own_goal
+        rows = np.flatnonzero(own_goal >= 0)
+        where = f"split {cfg.fit_split!r} of {', '.join(map(str, paths))}"
+        if len(rows) == 0:
+            raise VlmrError(f"threshold_frames=own_goal, but no frame of {where} has a mission in the goal set (a "
+                            "corpus without episodes, such as shapes): set threshold_frames=all")
+        if int(val.labels[rows, own_goal[rows]].sum()) == 0:
+            raise VlmrError(f"threshold_frames=own_goal, but no frame of {where} reaches its own mission: collect "
+                            "episodes that reach their goals (min_positives_per_split), or set threshold_frames=all")
     fit = fit_calibration(val.sims, val.labels, crit, cfg.min_positives, cfg.temperature_min, cfg.temperature_max,
-                          goal_names=rm.goals, strict=cfg.strict)
+                          goal_names=rm.goals, strict=cfg.strict, own_goal=own_goal)
     new_goal, new_goal_note = None, None
     if held:
         with_held = concat_scores(vals_with_held)

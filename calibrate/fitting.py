@@ -252,6 +252,7 @@ class CalibrationFit:
     goals: list[dict]  # per goal: fallback, reason, positives, negatives, nll, at_bound, target_met, val P/R
     shared: dict  # the pooled fit every fallback goal gets
     warnings: list[str]
+    threshold_frames: str = "all"  # the frames each threshold was chosen on: "all" or "own_goal"
 
 
 def at_bound(tau: float, tau_min: float, tau_max: float) -> bool:
@@ -260,14 +261,25 @@ def at_bound(tau: float, tau_min: float, tau_max: float) -> bool:
 
 
 def fit_pooled(sims, labels, criterion: ThresholdCriterion, tau_min: float = 1e-3, tau_max: float = 10.0,
-               how: str = "pooled fit over all goals") -> tuple[dict, ThresholdChoice]:
-    """One temperature and one threshold for every (frame, goal) pair of sims (N, C) and labels (N, G)."""
+               how: str = "pooled fit over all goals", own_goal=None) -> tuple[dict, ThresholdChoice]:
+    """One temperature and one threshold for every (frame, goal) pair of sims (N, C) and labels (N, G).
+
+    own_goal (N,): the threshold is chosen on the (frame, its own mission) pairs only; the temperature still
+    fits every pair."""
     sims, labels = torch.as_tensor(sims).float(), torch.as_tensor(labels).long()
     sims64, labels64 = _f64(sims), _f64(labels)
     tau, nll = fit_log_temperature(lambda t: pooled_nll(sims64, labels64, t), tau_min, tau_max)
     tau = as_float32(tau)
-    choice = choose_threshold(goal_probs(sims, torch.full((labels.shape[1],), tau)).reshape(-1),
-                              labels.reshape(-1), criterion)
+    probs = goal_probs(sims, torch.full((labels.shape[1],), tau))
+    if own_goal is None:
+        probs, labels = probs.reshape(-1), labels.reshape(-1)
+    else:
+        rows = torch.nonzero(torch.as_tensor(own_goal) >= 0).squeeze(-1)
+        cols = torch.as_tensor(own_goal)[rows].long()
+        probs, labels = probs[rows, cols], labels[rows, cols]
+    if int(labels.sum()) == 0:
+        raise ValueError("no positive label among the frames the threshold is fitted on")
+    choice = choose_threshold(probs, labels, criterion)
     return {"temperature": tau, "threshold": choice.threshold, "how": how, "nll": nll,
             "at_bound": at_bound(tau, tau_min, tau_max),
             "target_met": choice.target_met, "val_precision": choice.precision, "val_recall": choice.recall,
@@ -276,11 +288,16 @@ def fit_pooled(sims, labels, criterion: ThresholdCriterion, tau_min: float = 1e-
 
 def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: int = 10,
                     tau_min: float = 1e-3, tau_max: float = 10.0, goal_names: list[str] | None = None,
-                    strict: bool = False) -> CalibrationFit:
+                    strict: bool = False, own_goal=None) -> CalibrationFit:
     """Fit tau_g then beta_g for every goal; goals with too few positives (or no negatives) get the pooled fit.
 
     The pooled ("shared") fit is one temperature for all (frame, goal) pairs and a threshold chosen on
     all pairs at that temperature: a model-wide estimate that needs no per-goal data.
+
+    own_goal (N,): each frame's mission (goal index, -1 for none). Given, goal g's threshold is chosen on
+    the frames of g's own episodes only, the frames its reward is paid on in RL (calibrate's
+    threshold_frames=own_goal), and its positives and negatives are counted there; temperatures still fit
+    every frame. None: every frame scored for g.
     """
     sims = torch.as_tensor(sims).float()
     labels = torch.as_tensor(labels).long()
@@ -290,6 +307,17 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     names = goal_names or [str(g) for g in range(num_goals)]
     if int(labels.sum()) == 0:
         raise ValueError("no positive labels for any goal: nothing to fit a threshold to")
+    if own_goal is not None:
+        own_goal = torch.as_tensor(own_goal).long().reshape(-1)
+        if own_goal.shape[0] != n:
+            raise ValueError(f"own_goal has {own_goal.shape[0]} frames, labels {n}")
+        if not bool((own_goal >= 0).any()):
+            raise ValueError("own_goal: no frame has a mission in the goal set, so no threshold can be fitted on "
+                             "own-goal frames")
+    where = "the fitting split" if own_goal is None else "its own episodes' frames of the fitting split"
+
+    def frames_of(g: int) -> torch.Tensor:  # the rows goal g's threshold is chosen on
+        return torch.arange(n) if own_goal is None else torch.nonzero(own_goal == g).squeeze(-1)
     notes: list[str] = []  # one line per goal and problem, for the file and the report
     grouped: dict[str, list[str]] = {"fallback": [], "target": [], "guarantee": [], "bound": []}  # a warning each
 
@@ -298,19 +326,20 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
         grouped[kind].append(f"{goal!r} ({short})")
 
     sims64, labels64 = _f64(sims), _f64(labels)
-    shared, shared_choice = fit_pooled(sims, labels, criterion, tau_min, tau_max)
+    how = "pooled fit over all goals" + ("" if own_goal is None else " (threshold on own-goal frames)")
+    shared, shared_choice = fit_pooled(sims, labels, criterion, tau_min, tau_max, how, own_goal)
     shared_tau = shared["temperature"]
 
     temps, goals = [], []
     for g in range(num_goals):
-        pos = int(labels[:, g].sum())
-        neg = n - pos
+        pos = int(labels[frames_of(g), g].sum())
+        neg = len(frames_of(g)) - pos
         entry = {"positives": pos, "negatives": neg}
         reason = None
         if pos < min_positives:
-            reason = f"{pos} positives in the fitting split < min_positives {min_positives}"
+            reason = f"{pos} positives in {where} < min_positives {min_positives}"
         elif neg == 0:
-            reason = "no negatives in the fitting split"
+            reason = f"no negatives in {where}"
         if reason:
             warn("fallback", names[g], f"{reason}; using the shared fallback values "
                  f"(temperature {shared_tau:.4g}, threshold {shared_choice.threshold:.4g})", reason)
@@ -330,15 +359,16 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     probs = goal_probs(sims, torch.tensor(temps))
     thresholds = []
     for g, entry in enumerate(goals):
+        rows = frames_of(g)
         if entry["fallback"]:
             choice = shared_choice
             # the shared threshold, measured on this goal's own fitting data (None where undefined there)
-            counts = count_metrics((probs[:, g] >= choice.threshold).numpy(), (labels[:, g] > 0).numpy())
+            counts = count_metrics((probs[rows, g] >= choice.threshold).numpy(), (labels[rows, g] > 0).numpy())
             # the pooled fit's target or guarantee says nothing certain about this goal
             entry.update(val_precision=counts["precision"], val_recall=counts["recall"], target_met=None,
                          **guarantee_fields(choice, fallback=True))
         else:
-            choice = choose_threshold(probs[:, g], labels[:, g], criterion)
+            choice = choose_threshold(probs[rows, g], labels[rows, g], criterion)
             entry.update(val_precision=choice.precision, val_recall=choice.recall, target_met=choice.target_met,
                          **guarantee_fields(choice))
             if entry["guaranteed"] is False:
@@ -374,4 +404,4 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
         if items:
             shown = ", ".join(items[:8]) + (f", and {len(items) - 8} more" if len(items) > 8 else "")
             quality_issue(f"{len(items)} goal(s): {heads[kind]}: {shown}", strict, CalibrationWarning)
-    return CalibrationFit(temps, thresholds, goals, shared, notes)
+    return CalibrationFit(temps, thresholds, goals, shared, notes, "all" if own_goal is None else "own_goal")

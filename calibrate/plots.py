@@ -39,7 +39,9 @@ def write_plots(art: Path, rm, fit, val, test, metrics: dict, crit, n_bins: int)
     before_p = goal_probs(torch.from_numpy(test.sims), defaults).numpy()
     fallback = [e["fallback"] for e in fit.goals]
     target = crit.target_precision if crit.name == "precision_at" else None
-    paths = plot_pr_curves(art, rm.goals, (val_p, val.labels), (test_p, test.labels), fit.thresholds, fallback, target)
+    own = (val.own_goal, test.own_goal) if fit.threshold_frames == "own_goal" else None  # curves where beta was fitted
+    paths = plot_pr_curves(art, rm.goals, (val_p, val.labels), (test_p, test.labels), fit.thresholds, fallback, target,
+                           own)
     rows = np.flatnonzero(test.own_goal >= 0)
     cols = test.own_goal[rows]
 
@@ -83,13 +85,20 @@ def _operating_point(probs, labels, threshold) -> tuple[float, float] | None:
     return None if m["precision"] is None or m["recall"] is None else (m["recall"], m["precision"])
 
 
-def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target_precision=None) -> list[Path]:
-    """Per-goal PR curves on the fitting (dashed) and test (solid) splits, the chosen threshold marked on each."""
+def plot_pr_curves(out_dir: Path, goals, val, test, thresholds, fallback, target_precision=None,
+                   own_goal=None) -> list[Path]:
+    """Per-goal PR curves on the fitting (dashed) and test (solid) splits, the chosen threshold marked on each.
+
+    own_goal: (fitting, test) missions (N,) of each split: each goal's curves are over its own episodes' frames."""
     paths = []
+    which = "every frame" if own_goal is None else "each goal's own episodes"
+    own_goal = own_goal or (None, None)
     for page, idx in enumerate(_pages(len(goals)), start=1):
-        fig, axes = _grid(len(idx), "PR curves (dashed: fitting split, solid: test); o = chosen threshold")
+        fig, axes = _grid(len(idx), f"PR curves on {which} (dashed: fitting split, solid: test); o = chosen threshold")
         for ax, g in zip(axes, idx):
-            for (probs, labels), style, name in ((val, "--", "fit"), (test, "-", "test")):
+            for (probs, labels), own, style, name in ((val, own_goal[0], "--", "fit"), (test, own_goal[1], "-", "test")):
+                rows = slice(None) if own is None else np.flatnonzero(own == g)
+                probs, labels = probs[rows], labels[rows]
                 y = labels[:, g]
                 if y.sum() == 0:
                     continue

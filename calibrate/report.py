@@ -128,7 +128,9 @@ def calibration_report(cal: dict, plots: list[str]) -> str:
         "",
         f"- Fitted on split `{fit['split']}` ({fit['frames']} frames{_skipped(fit)}); every metric below is on the "
         f"held-out split `{metrics['split']}` ({metrics['frames']} frames{_skipped(metrics)}).",
-        f"- Threshold criterion: {crit['description']}.",
+        f"- Threshold criterion: {crit['description']}; "
+        + ("chosen on each goal's own episodes' frames only, where its reward is paid (`threshold_frames: own_goal`)"
+           if fit.get("threshold_frames") == "own_goal" else "chosen on every frame scored for the goal") + ".",
         f"- Temperature: per goal, maximum likelihood of P(g|o) against the labels, searched over "
         f"[{fit['temperature_bounds'][0]:g}, {fit['temperature_bounds'][1]:g}] in log space.",
         f"- Goals with fewer than {fit['min_positives']} positives (or no negatives) in `{fit['split']}` get the "
