@@ -316,8 +316,9 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
                              "own-goal frames")
     where = "the fitting split" if own_goal is None else "its own episodes' frames of the fitting split"
 
-    def frames_of(g: int) -> torch.Tensor:  # the rows goal g's threshold is chosen on
-        return torch.arange(n) if own_goal is None else torch.nonzero(own_goal == g).squeeze(-1)
+    # the rows each goal's threshold is chosen on
+    frames_of = [torch.arange(n) if own_goal is None else torch.nonzero(own_goal == g).squeeze(-1)
+                 for g in range(num_goals)]
     notes: list[str] = []  # one line per goal and problem, for the file and the report
     grouped: dict[str, list[str]] = {"fallback": [], "target": [], "guarantee": [], "bound": []}  # a warning each
 
@@ -332,8 +333,8 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
 
     temps, goals = [], []
     for g in range(num_goals):
-        pos = int(labels[frames_of(g), g].sum())
-        neg = len(frames_of(g)) - pos
+        pos = int(labels[frames_of[g], g].sum())
+        neg = len(frames_of[g]) - pos
         entry = {"positives": pos, "negatives": neg}
         reason = None
         if pos < min_positives:
@@ -359,7 +360,7 @@ def fit_calibration(sims, labels, criterion: ThresholdCriterion, min_positives: 
     probs = goal_probs(sims, torch.tensor(temps))
     thresholds = []
     for g, entry in enumerate(goals):
-        rows = frames_of(g)
+        rows = frames_of[g]
         if entry["fallback"]:
             choice = shared_choice
             # the shared threshold, measured on this goal's own fitting data (None where undefined there)
