@@ -141,6 +141,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+            set_usual_mode(tmp)  # fsspec applies the umask it first saw in this process, not the current one
             os.replace(tmp, path)
         except OSError as e:  # a full disk: no partial temp file, and one line naming the checkpoint
             tmp.unlink(missing_ok=True)
