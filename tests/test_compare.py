@@ -114,12 +114,30 @@ def test_shards_then_aggregate(tmp_path, rm_dir, capsys):
         compare(cfg, arm=["adapted"])
 
 
+def test_workers_train_runs_in_processes_with_the_same_results(tmp_path, rm_dir):
+    import dataclasses
+
+    compare(config(tmp_path / "one", rm_dir), arm=["zero_shot"])
+    compare(dataclasses.replace(config(tmp_path / "two", rm_dir), workers=2), arm=["zero_shot"])
+    for seed in (0, 1):
+        one, two = (json.loads((tmp_path / f"{d}/cmp/runs/zero_shot/seed-{seed}/result.json").read_text())
+                    for d in ("one", "two"))
+        assert two["config"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)  # ran in the process pool
+        assert one["config"]["torch_threads"] is None
+        assert two["inputs"] == one["inputs"]  # the same run: resume and aggregate treat both alike
+        for key in ("final_success_rate", "curves", "reward_quality"):
+            assert two[key] == one[key], key
+
+
 def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):
     with pytest.raises(VlmrError, match="no finished runs"):
         compare(config(tmp_path, rm_dir), aggregate_only=True)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"rl": {"reward_model": rm_dir}}))
     with pytest.raises(VlmrError, match="set per arm"):
+        load_config(CompareConfig, path)
+    path.write_text(yaml.safe_dump({"workers": 0}))
+    with pytest.raises(VlmrError, match="workers=0"):
         load_config(CompareConfig, path)
     path.write_text(yaml.safe_dump({"ground_truth": False}))
     with pytest.raises(VlmrError, match="no arms"):

@@ -5,6 +5,7 @@
     vlmr compare configs/rl/compare_babyai.yaml --aggregate          # merge finished shards into the report
     vlmr compare configs/rl/compare_babyai.yaml rl.total_timesteps=20000
     vlmr compare configs/rl/compare_babyai.yaml --force              # rerun finished runs too
+    vlmr compare configs/rl/compare_babyai.yaml workers=2            # two runs at once (2 cores: twice as fast)
 
 Arms: `ground_truth` (no reward model: the env's own reward, the upper bound)
 and one per entry of `reward_models` ({name: {reward_model: DIR, calibration:
@@ -32,6 +33,7 @@ contrasts; compare_report.py: report.md and the plots.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +80,8 @@ class CompareConfig:
     goals: str | list[str] | None = None  # train and evaluate agents only on episodes with these missions (BabyAI);
     # `holdout`: the domain data's held-out goals, resolved by `vlmr pipeline`; null = every mission of the env
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
+    workers: int = 1  # runs trained at once, each in its own process with cpu_count // workers torch threads
+    # (unless rl.torch_threads is set); how runs are scheduled, not what they compute: results do not depend on it
 
     def __post_init__(self):
         if not self.ground_truth and not self.reward_models:
@@ -90,6 +94,8 @@ class CompareConfig:
             raise ValueError("rl.reward_model / rl.calibration are set per arm in reward_models, not in rl")
         if self.num_seeds < 1 or not 0 < self.ci < 1:
             raise ValueError("num_seeds must be >= 1 and ci in (0, 1)")
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers}: the number of runs trained at once must be >= 1")
         names = [a.name for a in self.arms]
         unknown = sorted({n for pair in self.contrasts for n in pair} - set(names))
         if unknown:
@@ -177,7 +183,7 @@ def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] 
     if unknown:
         raise VlmrError(f"--arm {unknown} not in the config's arms {[a.name for a in cfg.arms]}")
     todo = [(a, s) for a in cfg.arms if not arms or a.name in arms for s in (seeds if seeds else cfg.seeds)]
-    ran = 0
+    jobs = []
     for k, (arm, seed) in enumerate(todo, 1):
         run = run_config(cfg, arm, seed)
         inputs = run_inputs(run)
@@ -186,10 +192,42 @@ def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] 
             print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: done, skipped")
             continue
         note = {"stale": " (stale result: settings or inputs changed)", "done": " (--force)"}.get(status, "")
-        print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: running{note}")
-        train(run, extra={"arm": arm.name, "seed": seed, "inputs": inputs})
-        ran += 1
-    return ran
+        print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: {'queued' if cfg.workers > 1 else 'running'}{note}")
+        jobs.append((run, {"arm": arm.name, "seed": seed, "inputs": inputs}))
+    if cfg.workers == 1 or len(jobs) < 2:
+        for run, extra in jobs:
+            train(run, extra=extra)
+    else:
+        train_in_processes(jobs, cfg.workers)
+    return len(jobs)
+
+
+def train_in_processes(jobs: list[tuple[PPOConfig, dict]], workers: int) -> None:
+    """Train runs `workers` at a time. One BabyAI run keeps about one core busy (its envs step in Python), so on 2
+    cores two runs at once take the wall time of one (measured: README, demo). Each run is seeded and writes its own
+    folder, so the order they finish in changes nothing; a failed run cancels the queued ones and raises."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)  # two runs with all cores each would fight over them
+    jobs = [(run if run.torch_threads else dataclasses.replace(run, torch_threads=threads), extra)
+            for run, extra in jobs]
+    # spawn, not fork: torch's thread pools and open file handles of this process must not leak into the workers
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_run, run, extra) for run, extra in jobs]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _train_run(run: PPOConfig, extra: dict) -> None:  # module level: the worker processes import it by name
+    from vlmr.rl.agent.ppo import train
+
+    train(run, extra=extra)
 
 
 # ------------------------------------------------------------------------------------------------ aggregation

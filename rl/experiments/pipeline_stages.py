@@ -242,8 +242,9 @@ def run_compare(cfg: PipelineConfig, runner: StageRunner, run_dir: Path, models:
         arms = [a["name"] for a in read_json(out / "results.json", "compare results")["arms"]]
         return set(refined or ()) <= set(arms)
 
+    what = {k: v for k, v in dataclasses.asdict(ccfg).items() if k != "workers"}  # how runs are scheduled, not what
     runner.run(refine_stages(len(refined))[1] if refined else "compare",
-               {"config": dataclasses.asdict(ccfg), **_model_identities(models)}, valid, body)
+               {"config": what, **_model_identities(models)}, valid, body)
     return out / "report.md"
 
 
