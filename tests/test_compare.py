@@ -114,19 +114,25 @@ def test_shards_then_aggregate(tmp_path, rm_dir, capsys):
         compare(cfg, arm=["adapted"])
 
 
-def test_workers_train_runs_in_processes_with_the_same_results(tmp_path, rm_dir):
+def test_workers_train_the_same_runs_in_processes(tmp_path, rm_dir, capsys):
     import dataclasses
 
     compare(config(tmp_path / "one", rm_dir), arm=["zero_shot"])
-    compare(dataclasses.replace(config(tmp_path / "two", rm_dir), workers=2), arm=["zero_shot"])
+    pooled = dataclasses.replace(config(tmp_path / "two", rm_dir), workers=2)
+    compare(pooled, arm=["zero_shot"])
     for seed in (0, 1):
         one, two = (json.loads((tmp_path / f"{d}/cmp/runs/zero_shot/seed-{seed}/result.json").read_text())
                     for d in ("one", "two"))
         assert two["config"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)  # ran in the process pool
         assert one["config"]["torch_threads"] is None
-        assert two["inputs"] == one["inputs"]  # the same run: resume and aggregate treat both alike
-        for key in ("final_success_rate", "curves", "reward_quality"):
-            assert two[key] == one[key], key
+        # the same run: resume and aggregate treat both alike (its numbers may differ in float rounding with the
+        # thread count, which a long run can amplify)
+        assert two["inputs"] == one["inputs"] and two["fingerprint"] == one["fingerprint"]
+        assert two["seed"] == seed and 0 <= two["final_success_rate"] <= 1
+    capsys.readouterr()
+    compare(pooled, arm=["zero_shot"])  # resume: both finished runs are skipped, none is queued
+    out = capsys.readouterr().out
+    assert out.count("done, skipped") == 2 and "queued" not in out
 
 
 def test_aggregate_without_runs_and_bad_configs(tmp_path, rm_dir):

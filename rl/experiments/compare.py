@@ -81,7 +81,7 @@ class CompareConfig:
     # `holdout`: the domain data's held-out goals, resolved by `vlmr pipeline`; null = every mission of the env
     strict: bool = False  # warnings about data or calibration quality are errors (docs/DESIGN.md, 'Strict mode')
     workers: int = 1  # runs trained at once, each in its own process with cpu_count // workers torch threads
-    # (unless rl.torch_threads is set); how runs are scheduled, not what they compute: results do not depend on it
+    # (unless rl.torch_threads is set); the same runs, but float rounding differs with the thread count
 
     def __post_init__(self):
         if not self.ground_truth and not self.reward_models:
@@ -204,8 +204,9 @@ def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] 
 
 def train_in_processes(jobs: list[tuple[PPOConfig, dict]], workers: int) -> None:
     """Train runs `workers` at a time. One BabyAI run keeps about one core busy (its envs step in Python), so on 2
-    cores two runs at once take the wall time of one (measured: README, demo). Each run is seeded and writes its own
-    folder, so the order they finish in changes nothing; a failed run cancels the queued ones and raises."""
+    cores two runs at once take the wall time of one (measured: README, clusters). Each run is seeded and writes its
+    own folder, so the order they finish in changes nothing; a failed run cancels the queued ones and raises. With
+    fewer torch threads a run's sums round differently, so its numbers are not bit-identical to a run alone."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
