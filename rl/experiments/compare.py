@@ -215,7 +215,8 @@ def train_in_processes(jobs: list[tuple[PPOConfig, dict]], workers: int) -> None
     jobs = [(run if run.torch_threads else dataclasses.replace(run, torch_threads=threads), extra)
             for run, extra in jobs]
     # spawn, not fork: torch's thread pools and open file handles of this process must not leak into the workers
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_run, run, extra) for run, extra in jobs]
         try:
             for future in as_completed(futures):
@@ -223,6 +224,19 @@ def train_in_processes(jobs: list[tuple[PPOConfig, dict]], workers: int) -> None
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose compare is killed (kill -9) stops too: a rerun would otherwise train its run beside it."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _train_run(run: PPOConfig, extra: dict) -> None:  # module level: the worker processes import it by name
