@@ -192,13 +192,15 @@ def run_all(cfg: CompareConfig, arms: list[str] | None = None, seeds: list[int] 
             print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: done, skipped")
             continue
         note = {"stale": " (stale result: settings or inputs changed)", "done": " (--force)"}.get(status, "")
-        print(f"compare [{k}/{len(todo)}] {arm.name} seed {seed}: {'queued' if cfg.workers > 1 else 'running'}{note}")
-        jobs.append((run, {"arm": arm.name, "seed": seed, "inputs": inputs}))
-    if cfg.workers == 1 or len(jobs) < 2:
-        for run, extra in jobs:
+        jobs.append((f"compare [{k}/{len(todo)}] {arm.name} seed {seed}", note, run,
+                     {"arm": arm.name, "seed": seed, "inputs": inputs}))
+    pooled = cfg.workers > 1 and len(jobs) > 1
+    for label, note, run, extra in jobs:  # one at a time: each line announces the run that starts now
+        print(f"{label}: {'queued' if pooled else 'running'}{note}")
+        if not pooled:
             train(run, extra=extra)
-    else:
-        train_in_processes(jobs, cfg.workers)
+    if pooled:
+        train_in_processes([(run, extra) for _, _, run, extra in jobs], cfg.workers)
     return len(jobs)
 
 
